@@ -1,0 +1,197 @@
+"""Pipeline stages: a discriminated union on `kind`."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field, model_validator
+
+from spec.base import Fraction, Identifier, NonNegativeInt, PositiveFloat, PositiveInt, Spec
+from spec.data import DatasetRef
+from spec.model import RopeScaling
+from spec.training import TrainingFields
+
+ModelRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="An earlier stage's name, a Hugging Face model id (org/name) or a local checkpoint folder.",
+    ),
+]
+
+
+class StageBase(TrainingFields):
+    """Fields every stage has."""
+
+    name: Identifier = Field(description="Unique stage name; job ids derive from it.")
+    description: str = Field("", description="Free text shown in plans and diffs.")
+    from_: ModelRef | None = Field(
+        None, alias="from", description="Initial weights: an earlier stage, a Hugging Face id or a folder."
+    )
+
+
+class LmStage(StageBase):
+    """Language-model loss on a weighted mixture of sources."""
+
+    mix: dict[str, Fraction] | None = Field(
+        None, description="Weights per data source; default the recipe's data.mix (or the RegMix solution)."
+    )
+
+
+class PretrainStage(LmStage):
+    """Pretraining from scratch (or from `from`) on the data mix."""
+
+    kind: Literal["pretrain"] = Field(description="Stage kind.")
+
+
+class MidtrainStage(LmStage):
+    """Mid-training: continued pretraining on a curated mix, usually with annealing."""
+
+    kind: Literal["midtrain"] = Field(description="Stage kind.")
+
+
+class LongContextStage(LmStage):
+    """Context extension: a new max length and RoPE scaling, from the previous checkpoint."""
+
+    kind: Literal["long_context"] = Field(description="Stage kind.")
+    max_seq_len: PositiveInt = Field(description="New maximum context length of the model.")
+    rope_scaling: RopeScaling | None = Field(None, description="New RoPE scaling; null keeps the model's.")
+    rope_theta: PositiveFloat | None = Field(None, description="New RoPE theta; null keeps the model's.")
+
+
+class DistillFilters(Spec):
+    """Which teacher samples are kept."""
+
+    verify_answers: bool = Field(True, description="Keep only samples whose final answer verifies.")
+    dedup: bool = Field(True, description="Drop duplicate prompts and near-duplicate responses.")
+    max_length: PositiveInt | None = Field(None, description="Drop samples longer than this many tokens.")
+
+
+class Distill(Spec):
+    """Reasoning distillation: a teacher samples responses to seed prompts."""
+
+    prompts: DatasetRef = Field(description="Seed prompts.")
+    teacher: ModelRef = Field(description="Teacher model (Hugging Face id, folder or stage).")
+    samples_per_prompt: PositiveInt = Field(1, description="Responses sampled per prompt.")
+    max_tokens: PositiveInt = Field(description="Most tokens per teacher response.")
+    temperature: Annotated[float, Field(ge=0)] = Field(0.7, description="Sampling temperature.")
+    num_prompts: PositiveInt | None = Field(None, description="Prompts used (default all).")
+    gpus: Annotated[int, Field(ge=0)] = Field(8, description="GPUs for the teacher's vLLM engine.")
+    tensor_parallel: PositiveInt = Field(1, description="Tensor-parallel degree of the teacher engine.")
+    filters: DistillFilters = Field(default_factory=DistillFilters, description="Sample filters.")
+
+
+class SftStage(StageBase):
+    """Supervised fine-tuning on a dataset or on distilled traces; loss on response tokens only."""
+
+    kind: Literal["sft"] = Field(description="Stage kind.")
+    dataset: DatasetRef | None = Field(None, description="A chat/instruction dataset (or give distill).")
+    distill: Distill | None = Field(None, description="Generate the data with a teacher (or give dataset).")
+    chat_template: str | None = Field(None, description="Jinja chat template; default the tokenizer's.")
+
+    @model_validator(mode="after")
+    def _one_data_source(self) -> "SftStage":
+        if (self.dataset is None) == (self.distill is None):
+            raise ValueError("give exactly one of dataset or distill")
+        return self
+
+
+class Delta(Spec):
+    """Delta-learning pairs: chosen from a strong model, rejected from a weaker one."""
+
+    prompts: DatasetRef = Field(description="Prompts both models answer.")
+    chosen: ModelRef = Field(description="The stronger model, whose responses are chosen.")
+    rejected: ModelRef = Field(description="The weaker model, whose responses are rejected.")
+    max_tokens: PositiveInt = Field(description="Most tokens per response.")
+    num_prompts: PositiveInt | None = Field(None, description="Prompts used (default all).")
+    gpus: Annotated[int, Field(ge=0)] = Field(8, description="GPUs for the generation engines.")
+    tensor_parallel: PositiveInt = Field(1, description="Tensor-parallel degree of each engine.")
+
+
+class DpoStage(StageBase):
+    """Direct preference optimisation against the frozen `from` model."""
+
+    kind: Literal["dpo"] = Field(description="Stage kind.")
+    beta: float = Field(0.1, gt=0, description="DPO inverse temperature.")
+    loss: Literal["dpo", "dpo_norm"] = Field("dpo", description="Sigmoid DPO, or its length-normalised variant.")
+    pairs: DatasetRef | None = Field(None, description="A preference dataset (or give delta).")
+    delta: Delta | None = Field(None, description="Generate pairs from a strong and a weak model.")
+
+    @model_validator(mode="after")
+    def _one_pair_source(self) -> "DpoStage":
+        if (self.pairs is None) == (self.delta is None):
+            raise ValueError("give exactly one of pairs or delta")
+        return self
+
+
+class Grpo(Spec):
+    """GRPO: group-normalised advantages with PPO-style clipping."""
+
+    group_size: Annotated[int, Field(ge=2)] = Field(description="Responses sampled per prompt.")
+    prompts_per_step: PositiveInt = Field(description="Prompts per RL step.")
+    max_response_tokens: PositiveInt = Field(description="Most tokens per response.")
+    temperature: PositiveFloat = Field(1.0, description="Rollout sampling temperature.")
+    kl_coef: Annotated[float, Field(ge=0)] = Field(0.0, description="KL penalty to the reference model.")
+    clip_low: PositiveFloat = Field(0.2, description="Lower clip: ratio >= 1 - clip_low.")
+    clip_high: PositiveFloat = Field(0.28, description="Upper clip: ratio <= 1 + clip_high (clip-higher).")
+
+
+class Reward(Spec):
+    """A weighted verifier."""
+
+    verifier: Literal["math", "code", "format"] = Field(description="Verifier.")
+    weight: PositiveFloat = Field(1.0, description="Weight in the total reward.")
+
+
+class Correction(Spec):
+    """Importance-sampling correction for the trainer/generator mismatch."""
+
+    kind: Literal["none", "tis", "mis"] = Field("none", description="None, truncated (tis) or masked (mis) IS.")
+    level: Literal["token", "sequence"] = Field("token", description="Ratio per token or per sequence.")
+    cap: PositiveFloat = Field(2.0, description="tis: weights are min(ratio, cap); mis: upper bound.")
+    low: Fraction = Field(0.0, description="mis: lower bound of kept ratios.")
+
+
+class AsyncSpec(Spec):
+    """Asynchronous RL: how stale rollouts may be and how they are corrected."""
+
+    max_staleness: NonNegativeInt = Field(0, description="Policy versions a rollout may lag (0: on-policy).")
+    inflight_updates: bool = Field(False, description="Push weights into the sidecar mid-generation.")
+    logprobs: Literal["recompute", "rollout"] = Field(
+        "recompute", description="Behaviour log-probs: recomputed by the trainer or taken from the sidecar."
+    )
+    correction: Correction = Field(default_factory=Correction, description="Importance-sampling correction.")
+
+
+class Rollout(Spec):
+    """The vLLM rollout sidecar, on GPUs of its own."""
+
+    engine: Literal["vllm"] = Field("vllm", description="Generation engine.")
+    nodes: PositiveInt = Field(1, description="Nodes for the sidecar.")
+    gpus: Annotated[int, Field(ge=0)] = Field(description="GPUs for the sidecar (0 on CPU).")
+    tensor_parallel: PositiveInt = Field(1, description="Tensor-parallel degree of each engine.")
+    max_model_len: PositiveInt = Field(description="vLLM max model length (prompt + response).")
+    gpu_memory_utilization: Fraction = Field(0.9, description="Fraction of GPU memory vLLM may take.")
+    max_num_seqs: PositiveInt = Field(256, description="Most sequences an engine decodes at once.")
+    max_prompt_tokens: PositiveInt = Field(2048, description="Most prompt tokens (longer prompts are dropped).")
+
+
+class RlvrStage(StageBase):
+    """RL with verifiable rewards (GRPO), trainer and vLLM sidecar on separate GPUs."""
+
+    kind: Literal["rlvr"] = Field(description="Stage kind.")
+    prompts: DatasetRef = Field(description="Prompts with verifiable answers.")
+    grpo: Grpo = Field(description="GRPO settings.")
+    rewards: list[Reward] = Field(min_length=1, description="Weighted verifiers.")
+    async_: AsyncSpec = Field(default_factory=AsyncSpec, alias="async", description="Asynchrony settings.")
+    rollout: Rollout = Field(description="The rollout sidecar.")
+    controls: list[Literal["random_reward"]] = Field(
+        default_factory=list, description="Control runs: random_reward reruns the stage with random rewards."
+    )
+
+
+Stage = Annotated[
+    PretrainStage | MidtrainStage | LongContextStage | SftStage | DpoStage | RlvrStage,
+    Field(discriminator="kind"),
+]
+STAGE_MODELS: tuple[type[StageBase], ...] = get_args(get_args(Stage)[0])
+STAGE_KINDS: tuple[str, ...] = tuple(get_args(m.model_fields["kind"].annotation)[0] for m in STAGE_MODELS)
