@@ -13,6 +13,12 @@ TimeLimit = Annotated[
 ]
 
 
+SlurmName = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9_.,:+-]+$", max_length=128, description="A Slurm name: letters, digits and _.,:+-"),
+]
+
+
 class GpuSpec(Spec):
     """One accelerator type, with the numbers the estimates need."""
 
@@ -32,6 +38,7 @@ class LocalCluster(Spec):
     cpus: PositiveInt = Field(2, description="CPU cores available to jobs.")
     memory_gib: PositiveFloat = Field(16, description="Host memory available to jobs in GiB.")
     cpu_tflops: PositiveFloat = Field(0.05, description="Sustained fp32 TFLOP/s of the CPU (for time estimates).")
+    cpu_memory_bandwidth_gbps: PositiveFloat = Field(20, description="Host memory bandwidth in GB/s (decode estimates).")
     mfu: Fraction = Field(0.3, description="Model FLOPs utilisation assumed for time estimates.")
 
 
@@ -45,12 +52,14 @@ class SlurmCluster(Spec):
     cpus_per_node: PositiveInt = Field(description="CPU cores per node.")
     memory_per_node_gib: PositiveFloat = Field(description="Host memory per node in GiB.")
     max_nodes: PositiveInt = Field(description="Most nodes one job may ask for.")
-    partition: str | None = Field(None, description="Slurm partition (--partition).")
-    account: str | None = Field(None, description="Slurm account (--account).")
-    qos: str | None = Field(None, description="Slurm QoS (--qos).")
+    partition: SlurmName | None = Field(None, description="Slurm partition (--partition).")
+    account: SlurmName | None = Field(None, description="Slurm account (--account).")
+    qos: SlurmName | None = Field(None, description="Slurm QoS (--qos).")
     time_limit: TimeLimit = Field("48:00:00", description="Longest time limit a job may ask for.")
     setup: list[str] = Field(
-        default_factory=list, description="Shell lines run before each job (module loads, container setup)."
+        default_factory=list,
+        description="Shell lines run before each job (module loads, container setup). They are code, run with eval "
+        "exactly as the profile's author wrote them; nothing else from a recipe is ever executed.",
     )
     mfu: Fraction = Field(0.4, description="Model FLOPs utilisation assumed for GPU-hour estimates.")
 

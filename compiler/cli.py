@@ -1,0 +1,116 @@
+"""`recipe`: compile, explain, diff and schema for training recipes.
+
+    recipe compile R.yaml [-o build] [--set path=value ...]
+    recipe explain R.yaml [--json] [--set ...]
+    recipe diff A B [--format text|markdown|json] [--set ...]     (A, B: files or REV:path)
+    recipe schema
+
+User mistakes print one `file:line:col: path: message` line each and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from compiler.diagnostics import RecipeError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_sets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a field, typed by the schema (stages.<name>.lr=2e-5; null clears)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recipe", description="Declarative spec compiler for LLM training recipes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compile", help="validate a recipe and write its plan and launch files")
+    p.add_argument("recipe")
+    p.add_argument("-o", "--output", default="build", help="output folder (default: build); writes OUTPUT/<name>/")
+    _add_sets(p)
+    p = sub.add_parser("explain", help="print the derived numbers: parameters, memory, GPU-hours")
+    p.add_argument("recipe")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_sets(p)
+    p = sub.add_parser("diff", help="what changes between two recipes, job by job (A, B: files or REV:path)")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    _add_sets(p)
+    sub.add_parser("schema", help="print the recipe JSON Schema")
+    return parser
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from compiler.build import compile_recipe
+    from compiler.render import job_files, write_atomically
+    from compiler.summary import compile_summary
+
+    compiled = compile_recipe(args.recipe, args.sets)
+    target = Path(args.output) / compiled.recipe.name
+    plan = dict(compiled.plan)
+    plan["recipe_dir"] = os.path.relpath(compiled.path.resolve().parent, target.resolve())
+    write_atomically(target, job_files(plan))
+    print(compile_summary(plan, target))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from compiler.build import compile_recipe
+    from compiler.explain import explain_data, explain_text
+
+    data = explain_data(compile_recipe(args.recipe, args.sets))
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else explain_text(data))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from compiler.diff import run_diff
+
+    print(run_diff(args.old, args.new, args.format, args.sets))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from compiler.schema import recipe_schema
+
+    print(json.dumps(recipe_schema(), indent=2))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "compile": cmd_compile,
+    "explain": cmd_explain,
+    "diff": cmd_diff,
+    "schema": cmd_schema,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RecipeError as exc:
+        for diagnostic in exc.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if os.environ.get("RECIPE_DEBUG"):
+            raise
+        print(f"recipe: internal error: {exc.__class__.__name__}: {exc} (rerun with RECIPE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,112 @@
+"""RLVR: a GRPO trainer job and a vLLM rollout-sidecar job that start together and find each other.
+
+Timing model per RL step: the trainer's update (forward+backward, plus a log-prob recompute and a
+reference pass when asked) and the sidecar's generation (decode-bound, see estimates) run one
+after the other when `max_staleness` is 0 and overlap when it is 1 or more.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from compiler import estimates
+from compiler.hardware import GIB, device_for, nodes_for
+from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_estimates
+from compiler.plan import Job, PlanContext
+from compiler.resolve_training import resolve_scale
+from spec.cluster import SlurmCluster
+from spec.model import ModelSpec
+from spec.stages import RlvrStage
+
+
+def _check_lengths(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSpec) -> None:
+    r, g = stage.rollout, stage.grpo
+    need = r.max_prompt_tokens + g.max_response_tokens
+    if need > r.max_model_len:
+        ctx.error((*at, "rollout", "max_model_len"), f"{r.max_model_len} is less than max_prompt_tokens {r.max_prompt_tokens} + grpo.max_response_tokens {g.max_response_tokens} = {need}: raise max_model_len to {need} or shorten responses")
+    if r.max_model_len > model.max_seq_len:
+        ctx.error((*at, "rollout", "max_model_len"), f"{r.max_model_len} exceeds the model's max_seq_len {model.max_seq_len} at this stage")
+    if r.gpus and r.gpus % r.tensor_parallel:
+        ctx.error((*at, "rollout", "tensor_parallel"), f"tensor_parallel {r.tensor_parallel} must divide the sidecar's {r.gpus} GPUs")
+    if isinstance(ctx.recipe.cluster, SlurmCluster) and r.gpus == 0:
+        ctx.error((*at, "rollout", "gpus"), f"the sidecar needs GPUs of its own on {ctx.recipe.cluster.name}")
+    if model.n_heads % r.tensor_parallel:
+        ctx.error((*at, "rollout", "tensor_parallel"), f"tensor_parallel {r.tensor_parallel} must divide n_heads {model.n_heads}")
+
+
+def _rollout_memory(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSpec, rollouts: int) -> estimates.RolloutMemory:
+    r = stage.rollout
+    device = device_for(ctx.recipe.cluster, r.gpus, 1)
+    model = model if device.kind == "gpu" else model.model_copy(update={"dtype": "float32"})
+    engines = max(1, r.gpus // r.tensor_parallel)
+    per_engine = min(r.max_num_seqs, math.ceil(rollouts / engines))
+    memory = estimates.rollout_memory_per_gpu(model, tensor_parallel=r.tensor_parallel, sequences=per_engine, context_len=r.max_model_len)
+    budget = device.memory_bytes * (r.gpu_memory_utilization if device.kind == "gpu" else 1.0)
+    if memory.weights > budget:
+        ctx.error((*at, "rollout", "tensor_parallel"), f"the weights need {memory.weights / GIB:.1f} GiB per GPU, vLLM may use {budget / GIB:.1f}: raise tensor_parallel")
+    elif memory.total > budget:
+        fits = int((budget - memory.weights) // max(1, memory.kv_cache // per_engine))
+        ctx.warn((*at, "rollout"), f"KV cache for {per_engine} sequences × {r.max_model_len} tokens needs {memory.total / GIB:.1f} GiB per GPU, vLLM may use {budget / GIB:.1f}: about {fits} run at once")
+    return memory
+
+
+def _generation_seconds(ctx: PlanContext, stage: RlvrStage, model: ModelSpec, rollouts: int) -> float:
+    r = stage.rollout
+    device = device_for(ctx.recipe.cluster, r.gpus, 1)
+    return estimates.rollout_decode_seconds(
+        model if device.kind == "gpu" else model.model_copy(update={"dtype": "float32"}),
+        sequences=rollouts, prompt_tokens=r.max_prompt_tokens, response_tokens=stage.grpo.max_response_tokens,
+        tensor_parallel=r.tensor_parallel, engines=max(1, r.gpus // r.tensor_parallel),
+        memory_bandwidth_gbps=device.bandwidth_gbps, peak_tflops=device.peak_tflops, mfu=device.mfu,
+    )
+
+
+def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSpec, init: dict[str, Any], deps: list[str]) -> None:
+    at = ("stages", index)
+    _check_lengths(ctx, stage, at, model)
+    rollouts = stage.grpo.prompts_per_step * stage.grpo.group_size
+    passes = 6 + (2 if stage.async_.logprobs == "recompute" else 0) + (2 if stage.grpo.kl_coef > 0 else 0)
+    scale = resolve_scale(stage, model, ctx.recipe.cluster, at, ctx.error, seq_len=stage.seq_len or stage.rollout.max_model_len,
+                          default_global_batch=rollouts, flops_factor=passes / 6)
+    if rollouts % scale.global_batch_sequences:
+        ctx.error((*at, "global_batch_sequences"), f"{scale.global_batch_sequences} must divide the {rollouts} rollouts per step (prompts_per_step × group_size)")
+    mini_batches = max(1, rollouts // scale.global_batch_sequences)
+    rollout_memory = _rollout_memory(ctx, stage, at, model, rollouts)
+
+    train_s = scale.compute_hours * 3600 * mini_batches / scale.steps / scale.processes
+    gen_s = _generation_seconds(ctx, stage, model, rollouts)
+    overlapped = stage.async_.max_staleness > 0
+    step_s = max(train_s, gen_s) if overlapped else train_s + gen_s
+    wall_h = scale.steps * step_s / 3600
+    r = stage.rollout
+    sidecar_nodes = r.nodes if isinstance(ctx.recipe.cluster, SlurmCluster) else nodes_for(ctx.recipe.cluster, r.gpus)
+
+    variants = [("", "verifiers")] + [(f"-{c.replace('_', '-')}", c) for c in stage.controls]
+    for suffix, reward in variants:
+        trainer_id, rollout_id = f"{stage.name}{suffix}", f"{stage.name}{suffix}-rollout"
+        rl = {
+            "grpo": dump(stage.grpo), "async": dump(stage.async_), "rewards": [dump(w) for w in stage.rewards],
+            "reward_mode": reward, "rollouts_per_step": rollouts, "mini_batches_per_step": mini_batches,
+            "rollout_job": rollout_id,
+        }
+        config = {**training_config(stage, model, init, scale), "prompts": dump(stage.prompts), "rl": rl}
+        est = {**training_estimates(model, scale), "wall_hours": round(wall_h, 4),
+               "gpu_hours": round(wall_h * scale.gpus, 4), "step_seconds": {"train": round(train_s, 3), "generate": round(gen_s, 3), "step": round(step_s, 3)},
+               "rollouts_per_step": rollouts}
+        ctx.add(Job(
+            id=trainer_id, stage=stage.name, kind="rlvr_trainer", entry=JOB_ENTRIES["rlvr_trainer"], config=config,
+            resources=resources(ctx, scale.nodes, scale.gpus_per_node, scale.processes, wall_h, stage.resources.time_limit),
+            estimates=est, depends_on=sorted(set(deps)), group=trainer_id,
+        ))
+        ctx.add(Job(
+            id=rollout_id, stage=stage.name, kind="rlvr_rollout", entry=JOB_ENTRIES["rlvr_rollout"],
+            config={"model": config["model"], "init": init, "rollout": dump(r), "trainer_job": trainer_id,
+                    "sampling": {"temperature": stage.grpo.temperature, "max_tokens": stage.grpo.max_response_tokens,
+                                 "logprobs_mode": "processed_logprobs"}},
+            resources=resources(ctx, sidecar_nodes, math.ceil(r.gpus / sidecar_nodes) if r.gpus else 0, max(1, r.gpus), wall_h, stage.resources.time_limit),
+            estimates={"params": estimates.param_counts(model).total, "memory_per_gpu_bytes": rollout_memory.total,
+                       "memory_breakdown_bytes": {"weights": rollout_memory.weights, "kv_cache": rollout_memory.kv_cache},
+                       "kv_cache_bytes_per_token": estimates.kv_cache_bytes_per_token(model),
+                       "gpu_hours": round(wall_h * r.gpus, 4), "wall_hours": round(wall_h, 4)},
+            depends_on=sorted(set(deps)), group=trainer_id,
+        ))

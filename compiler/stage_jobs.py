@@ -1,0 +1,174 @@
+"""Stage builders: one function per stage kind turns a stage into plan jobs (a registry, not if/elif).
+
+Job kinds and the runtime functions they will run are listed once, in JOB_ENTRIES.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from compiler.hardware import nodes_for
+from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_job
+from compiler.mix_jobs import build_mix_jobs, resolve_lm_mix
+from compiler.plan import Job, PlanContext
+from compiler.rl_jobs import build_rl_jobs
+from compiler.resolve_training import resolve_scale
+from spec.cluster import SlurmCluster
+from spec.model import ModelSpec
+from spec.stages import (
+    STAGE_KINDS,
+    DpoStage,
+    LmStage,
+    LongContextStage,
+    RlvrStage,
+    SftStage,
+    StageBase,
+)
+
+def _init(ctx: PlanContext, stage: StageBase, index: int, names: list[str]) -> tuple[dict[str, Any], list[str]]:
+    ref = stage.from_
+    if ref is None and index > 0:
+        ref = names[index - 1]
+    if ref is None and stage.kind != "pretrain":
+        ctx.error(("stages", index, "from"), f"a {stage.kind} stage needs initial weights: set from")
+    init, job = ctx.resolve_model_ref(ref, ("stages", index, "from"), names, index)
+    return init, [job] if job else []
+
+
+def build_lm(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) -> ModelSpec:
+    assert isinstance(stage, LmStage)
+    at = ("stages", index)
+    names = [s.name for s in ctx.recipe.stages]
+    if isinstance(stage, LongContextStage):
+        model = _extend_context(ctx, stage, at, model)
+    init, deps = _init(ctx, stage, index, names)
+    scale = resolve_scale(stage, model, ctx.recipe.cluster, at, ctx.error)
+    mix, mix_deps = resolve_lm_mix(ctx, stage, at, scale.tokens)
+    config = {**training_config(stage, model, init, scale), "data": mix}
+    training_job(ctx, stage, stage.kind, model, scale, config, deps + mix_deps)
+    return model
+
+
+def _extend_context(ctx: PlanContext, stage: LongContextStage, at: tuple, model: ModelSpec) -> ModelSpec:
+    if stage.max_seq_len <= model.max_seq_len:
+        ctx.error((*at, "max_seq_len"), f"{stage.max_seq_len} must exceed the model's current max_seq_len {model.max_seq_len}")
+    scaling = stage.rope_scaling if stage.rope_scaling is not None else model.rope_scaling
+    if scaling is not None and scaling.factor * scaling.original_max_seq_len < stage.max_seq_len:
+        ctx.warn((*at, "rope_scaling", "factor"), f"factor {scaling.factor} × original {scaling.original_max_seq_len} = {scaling.factor * scaling.original_max_seq_len:.0f} is below max_seq_len {stage.max_seq_len}")
+    return model.model_copy(update={
+        "max_seq_len": stage.max_seq_len,
+        "rope_scaling": scaling,
+        "rope_theta": stage.rope_theta or model.rope_theta,
+    })
+
+
+def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: str, block_name: str,
+                    config: dict[str, Any], gpus: int, refs: list[tuple[str, str]]) -> Job:
+    """A vLLM generation job (distillation, delta pairs) feeding a training stage."""
+    names = [s.name for s in ctx.recipe.stages]
+    models, deps = {}, []
+    for field_name, ref in refs:
+        models[field_name], job = ctx.resolve_model_ref(ref, ("stages", index, block_name, field_name), names, index)
+        deps += [job] if job else []
+    cluster = ctx.recipe.cluster
+    if isinstance(cluster, SlurmCluster) and gpus == 0:
+        ctx.error(("stages", index, block_name, "gpus"), f"generation on {cluster.name} needs at least one GPU")
+    nodes = nodes_for(cluster, gpus)
+    per_node = math.ceil(gpus / nodes) if gpus else 0
+    return ctx.add(Job(
+        id=f"{stage.name}-{job_kind.replace('_', '-')}", stage=stage.name, kind=job_kind, entry=JOB_ENTRIES[job_kind],
+        config={**config, "models": models}, depends_on=sorted(set(deps)),
+        resources=resources(ctx, nodes, per_node, max(1, gpus), None, None),
+        # The teacher/chosen/rejected models are usually external: their size, and so the time, is unknown.
+        estimates={"gpu_hours": None, "wall_hours": None, "memory_per_gpu_bytes": None},
+    ))
+
+
+def build_sft(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) -> ModelSpec:
+    assert isinstance(stage, SftStage)
+    at = ("stages", index)
+    init, deps = _init(ctx, stage, index, [s.name for s in ctx.recipe.stages])
+    if stage.distill is not None:
+        d = stage.distill
+        if d.filters.max_length is not None and d.filters.max_length > model.max_seq_len:
+            ctx.error((*at, "distill", "filters", "max_length"), f"{d.filters.max_length} exceeds the model's max_seq_len {model.max_seq_len}")
+        gen = _generation_job(ctx, stage, index, "distill", "distill", {"distill": dump(d, exclude={"teacher", "gpus"})}, d.gpus, [("teacher", d.teacher)])
+        data: dict[str, Any] = {"from_job": gen.id, "file": "sft.jsonl"}
+        deps.append(gen.id)
+    else:
+        assert stage.dataset is not None
+        data = dump(stage.dataset)
+    scale = resolve_scale(stage, model, ctx.recipe.cluster, at, ctx.error)
+    config = {**training_config(stage, model, init, scale), "data": data, "chat_template": stage.chat_template}
+    training_job(ctx, stage, "sft", model, scale, config, deps)
+    return model
+
+
+def build_dpo(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) -> ModelSpec:
+    assert isinstance(stage, DpoStage)
+    at = ("stages", index)
+    init, deps = _init(ctx, stage, index, [s.name for s in ctx.recipe.stages])
+    if stage.delta is not None:
+        d = stage.delta
+        gen = _generation_job(ctx, stage, index, "delta_pairs", "delta", {"delta": dump(d, exclude={"chosen", "rejected", "gpus"})},
+                              d.gpus, [("chosen", d.chosen), ("rejected", d.rejected)])
+        pairs: dict[str, Any] = {"from_job": gen.id, "file": "pairs.jsonl"}
+        deps.append(gen.id)
+    else:
+        assert stage.pairs is not None
+        pairs = dump(stage.pairs)
+    # Each pair is two sequences; the frozen reference adds one forward pass (2N of the 6N per token).
+    scale = resolve_scale(stage, model, ctx.recipe.cluster, at, ctx.error, sequences_per_item=2, flops_factor=8 / 6)
+    config = {**training_config(stage, model, init, scale), "data": pairs,
+              "dpo": {"beta": stage.beta, "loss": stage.loss, "reference": init}}
+    training_job(ctx, stage, "dpo", model, scale, config, deps)
+    return model
+
+
+def build_rlvr(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) -> ModelSpec:
+    assert isinstance(stage, RlvrStage)
+    init, deps = _init(ctx, stage, index, [s.name for s in ctx.recipe.stages])
+    build_rl_jobs(ctx, stage, index, model, init, deps)
+    return model
+
+
+StageBuilder = Callable[[PlanContext, StageBase, int, ModelSpec], ModelSpec]
+
+STAGE_BUILDERS: dict[str, StageBuilder] = {
+    "pretrain": build_lm,
+    "midtrain": build_lm,
+    "long_context": build_lm,
+    "sft": build_sft,
+    "dpo": build_dpo,
+    "rlvr": build_rlvr,
+}
+assert set(STAGE_BUILDERS) == set(STAGE_KINDS), "every stage kind needs a builder"
+
+
+def _check_stage_names(ctx: PlanContext) -> None:
+    seen: dict[str, int] = {}
+    for i, stage in enumerate(ctx.recipe.stages):
+        if stage.name in seen:
+            ctx.error(("stages", i, "name"), f"duplicate stage name '{stage.name}' (also stages[{seen[stage.name]}])")
+        seen.setdefault(stage.name, i)
+
+
+def _check_model(ctx: PlanContext, model: ModelSpec, at: tuple) -> None:
+    if model.n_heads % model.n_kv_heads:
+        ok = [k for k in range(model.n_kv_heads, 0, -1) if model.n_heads % k == 0][0]
+        ctx.error((*at, "n_kv_heads"), f"n_heads ({model.n_heads}) must be a multiple of n_kv_heads ({model.n_kv_heads}): use n_kv_heads {ok}")
+    if model.rope_scaling is not None and model.rope_scaling.original_max_seq_len > model.max_seq_len:
+        ctx.error((*at, "rope_scaling", "original_max_seq_len"), f"{model.rope_scaling.original_max_seq_len} exceeds max_seq_len {model.max_seq_len}")
+    if model.sliding_window is not None and model.sliding_window.size >= model.max_seq_len:
+        ctx.warn((*at, "sliding_window", "size"), f"window {model.sliding_window.size} is not below max_seq_len {model.max_seq_len}: every layer attends globally")
+
+
+def build_stage_jobs(ctx: PlanContext) -> None:
+    _check_stage_names(ctx)
+    _check_model(ctx, ctx.recipe.model, ("model",))
+    model = ctx.recipe.model
+    for index, stage in enumerate(ctx.recipe.stages):
+        model = STAGE_BUILDERS[stage.kind](ctx, stage, index, model)
+        ctx.stage_model[stage.name] = model
+        ctx.stage_job.setdefault(stage.name, stage.name)
+    build_mix_jobs(ctx)

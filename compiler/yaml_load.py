@@ -1,0 +1,119 @@
+"""Parse YAML into located trees, with YAML 1.2-style scalars and errors instead of surprises.
+
+PyYAML follows YAML 1.1: `1e-4` is a string, `on` is a boolean, `48:00:00` is a base-60
+integer and `010` is octal. Recipes get the YAML 1.2 core rules instead (plus `_` digit
+separators), duplicate keys are errors, and every node keeps its line and column.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import yaml
+
+from compiler.diagnostics import Diagnostic, Loc, RecipeError
+from compiler.located import LocatedList, LocatedMap
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader with the YAML 1.2 core schema's implicit types."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {}
+_IMPLICIT = [
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", list("~nN") + [""]),
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$", list("-+0123456789")),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        list("-+.0123456789"),
+    ),
+]
+for _tag, _pattern, _first in _IMPLICIT:
+    _RecipeLoader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = node.value.replace("_", "")
+    if re.fullmatch(r"[-+]?0[0-9]+", text):  # YAML 1.2: leading zeros are decimal, not octal
+        return int(text, 10)
+    return int(text, 0)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = node.value.replace("_", "").lower()
+    if text.endswith(".inf"):
+        return -math.inf if text.startswith("-") else math.inf
+    if text == ".nan":
+        return math.nan
+    return float(text)
+
+
+_RecipeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_RecipeLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
+def _loc(file: str, node: yaml.Node) -> Loc:
+    return Loc(file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _TreeBuilder:
+    def __init__(self, loader: _RecipeLoader, file: str):
+        self.loader, self.file = loader, file
+        self.errors: list[Diagnostic] = []
+
+    def build(self, node: yaml.Node, path: str) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            seq = LocatedList(_loc(self.file, node))
+            for i, item in enumerate(node.value):
+                seq.push(self.build(item, f"{path}[{i}]"), _loc(self.file, item))
+            return seq
+        try:
+            return self.loader.construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:
+            self.errors.append(Diagnostic(_loc(self.file, node), path, f"bad scalar {node.value!r}: {exc}"))
+            return None
+
+    def _mapping(self, node: yaml.MappingNode, path: str) -> LocatedMap:
+        mapping = LocatedMap(_loc(self.file, node))
+        for key_node, value_node in node.value:
+            key_loc = _loc(self.file, key_node)
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.errors.append(Diagnostic(key_loc, path, "mapping keys must be plain scalars"))
+                continue
+            key = str(key_node.value)
+            child = f"{path}.{key}" if path else key
+            if key in mapping:
+                first = mapping.key_locs[key]
+                self.errors.append(Diagnostic(key_loc, child, f"duplicate key '{key}' (first set at line {first.line})"))
+                continue
+            mapping.put(key, self.build(value_node, child), key_loc, _loc(self.file, value_node))
+        return mapping
+
+
+def parse_yaml(text: str, file: str) -> Any:
+    """Parse one YAML document into a located tree; raise RecipeError on any problem."""
+    loader = _RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Loc(file, mark.line + 1, mark.column + 1) if mark else Loc(file, 1, 1)
+        problem = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
+        raise RecipeError([Diagnostic(loc, "", f"YAML syntax error: {problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError([Diagnostic(Loc(file, 1, 1), "", f"YAML error: {exc}")]) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        return None
+    builder = _TreeBuilder(_RecipeLoader(""), file)
+    tree = builder.build(node, "")
+    if builder.errors:
+        raise RecipeError(builder.errors)
+    return tree
