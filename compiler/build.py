@@ -20,9 +20,11 @@ class Compiled:
     plan: dict[str, Any]
 
 
-def compile_recipe(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Compiled:
-    """Compile a recipe file; raises RecipeError listing every error found."""
+def compile_recipe(path: str | Path, sets: list[str] | tuple[str, ...] = (), *, origin: str | Path | None = None) -> Compiled:
+    """Compile a recipe file; raises RecipeError listing every error found.
+
+    `origin`: the file's place in the user's tree when `path` is a temporary copy (git blobs)."""
     path = Path(path)
-    tree = compose(path, list(sets), root_model=Recipe)
+    tree = compose(path, list(sets), root_model=Recipe, origin=Path(origin) if origin else None)
     recipe = validate(tree)
     return Compiled(path, tree, recipe, build_plan(recipe, tree))

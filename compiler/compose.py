@@ -67,22 +67,25 @@ def _merge_stages(base: LocatedList, over: LocatedList) -> LocatedList:
     return out
 
 
-def load_with_extends(path: Path, chain: tuple[Path, ...] = ()) -> LocatedMap:
+def load_with_extends(path: Path, chain: tuple[Path, ...] = (), *, origin: Path | None = None) -> LocatedMap:
+    """`origin`: where the file at `path` stands in the user's tree (a git blob extracted to a temporary
+    file still resolves `extends` against its place in the repository, and errors name that place)."""
     path = path.resolve()
-    tree = read_tree(path, _display(path))
+    where = (origin or path).resolve()
+    tree = read_tree(path, _display(where))
     extends = tree.get("extends")
     if extends is None:
         return tree
     loc = tree.value_locs["extends"]
     if not isinstance(extends, str):
         raise RecipeError([Diagnostic(loc, "extends", f"must be a path to a recipe file (got {extends!r})")])
-    base_path = (path.parent / extends).resolve()
-    if base_path == path or base_path in chain:
-        cycle = " -> ".join(_display(p) for p in (*chain, path, base_path))
+    base_path = (where.parent / extends).resolve()
+    if base_path == where or base_path in chain:
+        cycle = " -> ".join(_display(p) for p in (*chain, where, base_path))
         raise RecipeError([Diagnostic(loc, "extends", f"cyclic extends: {cycle}")])
     if not base_path.is_file():
         raise RecipeError([Diagnostic(loc, "extends", f"base recipe not found: {_display(base_path)}")])
-    return merge(load_with_extends(base_path, (*chain, path)), tree, top=True)
+    return merge(load_with_extends(base_path, (*chain, where)), tree, top=True)
 
 
 def profile_names() -> list[str]:
@@ -167,12 +170,13 @@ def apply_set(tree: LocatedMap, assignment: str, root_model: Any) -> None:
         raise RecipeError([Diagnostic(where, format_path(resolved), f"--set {assignment}: cannot set '{last}' here")])
 
 
-def compose(path: Path, sets: list[str] = (), *, root_model: Any = None) -> LocatedMap:
-    """The final located tree of a recipe file."""
-    tree = load_with_extends(path)
-    _expand_cluster(tree, path.resolve().parent)
+def compose(path: Path, sets: list[str] = (), *, root_model: Any = None, origin: Path | None = None) -> LocatedMap:
+    """The final located tree of a recipe file (see `load_with_extends` for `origin`)."""
+    recipe_dir = (origin or path).resolve().parent
+    tree = load_with_extends(path, origin=origin)
+    _expand_cluster(tree, recipe_dir)
     for assignment in sets:
         apply_set(tree, assignment, root_model)
     if "cluster" in tree and any(a.split("=", 1)[0].startswith("cluster") for a in sets):
-        _expand_cluster(tree, path.resolve().parent)
+        _expand_cluster(tree, recipe_dir)
     return tree
