@@ -89,5 +89,5 @@ def explain_text(data: dict[str, Any]) -> str:
             lines.append(f"{name}: {s['rollouts_per_step']} rollouts/step; per step train {st['train']:.1f}s, generate {st['generate']:.1f}s -> {st['step']:.1f}s")
     t = data["totals"]
     lines.append(f"total: {t['jobs']} jobs ({t['tasks']} tasks), {hours(t['gpu_hours'])} GPU-hours, up to {t['max_gpus']} GPUs at once")
-    lines += [f"warning: {w}" for w in data["warnings"]]
+    lines += data["warnings"]
     return "\n".join(lines)

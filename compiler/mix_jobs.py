@@ -6,7 +6,7 @@ from typing import Any
 
 from compiler import estimates
 from compiler.diagnostics import did_you_mean
-from compiler.hardware import device_for, nodes_for
+from compiler.hardware import GIB, device_for, nodes_for
 from compiler.job_common import JOB_ENTRIES, model_config, resources
 from compiler.plan import Job, PlanContext
 from spec.cluster import SlurmCluster
@@ -98,7 +98,12 @@ def build_mix_jobs(ctx: PlanContext) -> None:
     model = proxy.model if device.kind == "gpu" else proxy.model.model_copy(update={"dtype": "float32"})
     flops = estimates.training_flops_per_token(model, proxy.seq_len)
     hours_each = estimates.train_gpu_hours(flops, proxy.tokens, device.peak_tflops, device.mfu, 1)
-    memory = estimates.training_memory_per_gpu(model, seq_len=proxy.seq_len, micro_batch_size=proxy.global_batch_sequences, fsdp=1)
+    micro = proxy.micro_batch_size or proxy.global_batch_sequences
+    if proxy.global_batch_sequences % micro:
+        ctx.error((*at, "micro_batch_size"), f"{micro} must divide global_batch_sequences {proxy.global_batch_sequences}")
+    memory = estimates.training_memory_per_gpu(model, seq_len=proxy.seq_len, micro_batch_size=micro, fsdp=1)
+    if memory.total > device.memory_bytes:
+        ctx.error((*at, "micro_batch_size"), f"a proxy needs {memory.total / GIB:.1f} GiB per {'GPU' if device.kind == 'gpu' else 'process'}, the {device.name} has {device.memory_bytes / GIB:.0f}: lower micro_batch_size (now {micro})")
     sources = {name: src.model_dump(mode="json") for name, src in ctx.recipe.data.sources.items()}
     nodes = nodes_for(cluster, proxy.gpus)
     swarm = Job(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from compiler.hardware import nodes_for
+from compiler.hardware import nodes_for, parse_time
 from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_job
 from compiler.mix_jobs import build_mix_jobs, resolve_lm_mix
 from compiler.plan import Job, PlanContext
@@ -172,3 +172,20 @@ def build_stage_jobs(ctx: PlanContext) -> None:
         ctx.stage_model[stage.name] = model
         ctx.stage_job.setdefault(stage.name, stage.name)
     build_mix_jobs(ctx)
+    _check_time_limits(ctx)
+
+
+def _check_time_limits(ctx: PlanContext) -> None:
+    """A job longer than its time limit still runs, resumed from checkpoints: say how often."""
+    index = {stage.name: i for i, stage in enumerate(ctx.recipe.stages)}
+    for job in ctx.jobs:
+        wall = job.estimates.get("wall_hours")
+        limit = parse_time(job.resources["time_limit"])
+        if wall is not None and wall > limit:
+            at = ("stages", index[job.stage], "resources") if job.stage in index else ("data", "mix")
+            ctx.warn(at, f"job {job.id} needs about {wall:,.0f} h, over its {job.resources['time_limit']} limit: "
+                         f"it will be requeued about {_times(math.ceil(wall / limit) - 1)} and resume from checkpoints")
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"

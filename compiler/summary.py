@@ -29,6 +29,6 @@ def compile_summary(plan: dict[str, Any], target: Path) -> str:
         + (f" (+ unknown for {', '.join(t['gpu_hours_unknown_for'])})" if t["gpu_hours_unknown_for"] else "")
         + f", up to {t['max_gpus']} GPUs at once",
     ]
-    lines += [f"warning: {w}" for w in plan["warnings"]]
+    lines += plan["warnings"]
     lines.append(f"wrote {target}/plan.json and {len(plan['jobs'])} job folders")
     return "\n".join(lines)

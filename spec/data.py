@@ -54,6 +54,9 @@ class ProxySpec(Spec):
     tokens: PositiveInt = Field(description="Training tokens per proxy.")
     seq_len: PositiveInt = Field(description="Proxy training sequence length.")
     global_batch_sequences: PositiveInt = Field(description="Proxy global batch in sequences.")
+    micro_batch_size: PositiveInt | None = Field(
+        None, description="Sequences per forward/backward pass; default the whole global batch."
+    )
     lr: PositiveFloat = Field(description="Proxy peak learning rate.")
     gpus: Annotated[int, Field(ge=0)] = Field(1, description="GPUs per proxy run (0 on CPU).")
 
