@@ -6,6 +6,7 @@ the schema to characters that cannot break a line.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -19,6 +20,7 @@ import jinja2
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
+@functools.lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
