@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from spec.cluster import LocalCluster, SlurmCluster
 
 GIB = 1024**3
+LOCAL_TIME_LIMIT_HOURS = 24  # the local executor's limit when a job's time cannot be estimated
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def time_limit_for(cluster: LocalCluster | SlurmCluster, wall_hours: float | Non
     """The requested limit, else the estimate plus 25% (at least 10 minutes) within the cluster's limit."""
     if requested is not None:
         return requested
-    cap = parse_time(cluster.time_limit) if isinstance(cluster, SlurmCluster) else 7 * 24
+    cap = parse_time(cluster.time_limit) if isinstance(cluster, SlurmCluster) else LOCAL_TIME_LIMIT_HOURS
     if wall_hours is None:
         return format_time(cap)
     return format_time(min(cap, max(wall_hours * 1.25, 1 / 6)))
