@@ -3,6 +3,7 @@
     recipe compile R.yaml [-o build] [--set path=value ...]
     recipe explain R.yaml [--json] [--set ...]
     recipe diff A B [--format text|markdown|json] [--set ...]     (A, B: files or REV:path)
+    recipe git-diff PATH OLD_FILE OLD_HEX OLD_MODE NEW_FILE NEW_HEX NEW_MODE   (git external diff driver)
     recipe schema
 
 User mistakes print one `file:line:col: path: message` line each and exit 2.
@@ -42,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("new")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
     _add_sets(p)
+    p = sub.add_parser("git-diff", help="`recipe diff` as a git external diff driver (diff.recipe.command)")
+    p.add_argument("path", help="the file's path in the repository")
+    p.add_argument("old_file", nargs="?", help="the old version (/dev/null when added)")
+    p.add_argument("old_hex", nargs="?")
+    p.add_argument("old_mode", nargs="?")
+    p.add_argument("new_file", nargs="?", help="the new version (/dev/null when removed)")
+    p.add_argument("new_hex", nargs="?")
+    p.add_argument("new_mode", nargs="?")
+    p.add_argument("rename", nargs="*", help="for renames: the new path and git's similarity message")
     sub.add_parser("schema", help="print the recipe JSON Schema")
     return parser
 
@@ -76,6 +86,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_git_diff(args: argparse.Namespace) -> int:
+    from compiler.diff import run_git_diff
+
+    if args.new_file is None:  # git passes only PATH for an unmerged path
+        print(f"recipe diff: unmerged path {args.path}")
+        return 0
+    print(run_git_diff(args.path, args.old_file, args.new_file, new_path=args.rename[0] if args.rename else None))
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from compiler.schema import recipe_schema
 
@@ -87,6 +107,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compile": cmd_compile,
     "explain": cmd_explain,
     "diff": cmd_diff,
+    "git-diff": cmd_git_diff,
     "schema": cmd_schema,
 }
 

@@ -73,7 +73,7 @@ def explain_text(data: dict[str, Any]) -> str:
         par = sc.get("parallelism") or {}
         par_text = " ".join(f"{k}{v}" for k, v in par.items() if v > 1) or "-"
         rows.append([
-            name, ",".join(s["jobs"]), str(s["gpus"]), par_text,
+            name, s["jobs"][0] + (f" +{len(s['jobs']) - 1}" if len(s["jobs"]) > 1 else ""), str(s["gpus"]), par_text,
             str(sc.get("global_batch_sequences", "-")), str(sc.get("grad_accum", "-")), str(sc.get("seq_len", "-")),
             count(sc.get("steps")), count(s.get("tokens")), gib(s["memory_per_gpu_bytes"]),
             gib(s.get("rollout_memory_per_gpu_bytes")) if "rollout_memory_per_gpu_bytes" in s else "-",
@@ -88,6 +88,7 @@ def explain_text(data: dict[str, Any]) -> str:
             st = s["step_seconds"]
             lines.append(f"{name}: {s['rollouts_per_step']} rollouts/step; per step train {st['train']:.1f}s, generate {st['generate']:.1f}s -> {st['step']:.1f}s")
     t = data["totals"]
-    lines.append(f"total: {t['jobs']} jobs ({t['tasks']} tasks), {hours(t['gpu_hours'])} GPU-hours, up to {t['max_gpus']} GPUs at once")
+    at_once = f"up to {t['max_gpus']} GPUs at once" if t["max_gpus"] else "CPU only"
+    lines.append(f"total: {t['jobs']} jobs ({t['tasks']} tasks), {hours(t['gpu_hours'])} GPU-hours, {at_once}")
     lines += data["warnings"]
     return "\n".join(lines)

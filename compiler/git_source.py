@@ -106,8 +106,8 @@ def git_source(spec: str) -> Iterator[Source]:
     root = repo_root(spec)
     if not rev:
         raise _error(spec, "expected REV:path (e.g. HEAD~1:recipes/x.yaml)")
-    resolved = _git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"], root)
-    if resolved.returncode != 0:
+    resolved = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], root)
+    if rev.startswith("-") or resolved.returncode != 0:
         raise _error(spec, f"unknown git revision '{rev}'")
     commit = resolved.stdout.decode().strip()
     rel = _repo_relative(spec, root, rel_arg)
@@ -130,10 +130,16 @@ def git_source(spec: str) -> Iterator[Source]:
                 blob = _blob(root, commit, ref)
                 if blob is not None:  # a missing base: compose reports it, renamed to REV:path
                     todo.append((ref, blob))
-        prefix = str(base) + "/"
+        prefixes = [str(base) + "/"]
+        try:  # compose names files below the working directory relative to it
+            prefixes.append(str(base.relative_to(Path.cwd().resolve())) + "/")
+        except ValueError:
+            pass
 
         def rewrite(message: str) -> str:
-            return message.replace(prefix, f"{rev}:")
+            for prefix in prefixes:
+                message = message.replace(prefix, f"{rev}:")
+            return message
 
         try:
             yield Source(base / rel, None, spec, rewrite)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ValidationError
 from compiler.diagnostics import Diagnostic, RecipeError, did_you_mean, format_path
 from compiler.located import LocatedMap, locate, to_plain
 from compiler.schema_walk import annotation_at, field_names
+from spec.base import IDENTIFIER_PATTERN
 from spec.recipe import Recipe
 
 _COMPARISONS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
@@ -38,6 +39,8 @@ def _message(error: dict[str, Any], tree: Any, parts: list[str | int]) -> str:
         return f"unknown kind {_show(ctx.get('tag'))}; expected one of {', '.join(tags)}{did_you_mean(str(ctx.get('tag')), tags)}"
     if kind == "union_tag_not_found":
         return f"missing '{ctx.get('discriminator', 'kind').strip(chr(39))}' (the type tag)"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == IDENTIFIER_PATTERN:
+        return f"must be a lowercase identifier: a letter, then letters, digits, '-' or '_' (got {_show(value)})"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     msg = error["msg"][0].lower() + error["msg"][1:]

@@ -12,9 +12,10 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+IDENTIFIER_PATTERN = r"^[a-z][a-z0-9_-]*$"
 Identifier = Annotated[
     str,
-    StringConstraints(pattern=r"^[a-z][a-z0-9_-]*$", max_length=63),
+    StringConstraints(pattern=IDENTIFIER_PATTERN, max_length=63),
     Field(description="Lowercase identifier: a letter, then letters, digits, '-' or '_'."),
 ]
 PositiveInt = Annotated[int, Field(gt=0)]
