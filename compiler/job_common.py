@@ -39,7 +39,8 @@ def resources(ctx: PlanContext, nodes: int, gpus_per_node: int, processes: int, 
     slurm = isinstance(cluster, SlurmCluster)
     gpus = nodes * gpus_per_node
     if slurm:
-        share = gpus_per_node / cluster.gpus_per_node
+        # A GPU job gets its GPUs' share of the node; a CPU-only job (mix fit/solve) an eighth of a node.
+        share = gpus_per_node / cluster.gpus_per_node if gpus_per_node else 1 / 8
         cpus, memory = int(cluster.cpus_per_node * share), int(cluster.memory_per_node_gib * share)
     else:
         cpus, memory = cluster.cpus, int(cluster.memory_gib)

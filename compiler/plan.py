@@ -137,6 +137,15 @@ def build_plan(recipe: Recipe, tree: LocatedMap) -> dict[str, Any]:
     }
 
 
+def _gpus_at_once(jobs: list[dict[str, Any]]) -> dict[str, int]:
+    """GPUs each unit of scheduling holds at once: a job (an array at its parallelism) or a co-started group."""
+    units: dict[str, int] = {}
+    for job in jobs:
+        unit = job["group"] or job["id"]
+        units[unit] = units.get(unit, 0) + job["resources"]["gpus"] * (job["array"] or {}).get("parallelism", 1)
+    return units
+
+
 def totals(jobs: list[dict[str, Any]]) -> dict[str, Any]:
     gpu_hours = sum(j["estimates"].get("gpu_hours") or 0.0 for j in jobs)
     unknown = [j["id"] for j in jobs if j["estimates"].get("gpu_hours") is None]
@@ -145,5 +154,5 @@ def totals(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         "tasks": sum((j["array"] or {}).get("size", 1) for j in jobs),
         "gpu_hours": round(gpu_hours, 3),
         "gpu_hours_unknown_for": unknown,
-        "max_gpus": max((j["resources"]["gpus"] * ((j["array"] or {}).get("parallelism", 1)) for j in jobs), default=0),
+        "max_gpus": max(_gpus_at_once(jobs).values(), default=0),
     }

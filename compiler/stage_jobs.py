@@ -168,6 +168,8 @@ def build_stage_jobs(ctx: PlanContext) -> None:
     _check_model(ctx, ctx.recipe.model, ("model",))
     model = ctx.recipe.model
     for index, stage in enumerate(ctx.recipe.stages):
+        # A stage continues the architecture of the stage it starts from (after any context extension).
+        model = ctx.stage_model.get(stage.from_ or "", model)
         model = STAGE_BUILDERS[stage.kind](ctx, stage, index, model)
         ctx.stage_model[stage.name] = model
         ctx.stage_job.setdefault(stage.name, stage.name)
