@@ -2,7 +2,7 @@
 
     recipe compile R.yaml [-o build] [--set path=value ...]
     recipe explain R.yaml [--json] [--set ...]
-    recipe diff A B [--format text|markdown|json] [--set ...]     (A, B: files or REV:path)
+    recipe diff A B [--format text|markdown|json] [--set ...] [--set-old ...] [--set-new ...]   (A, B: files or REV:path)
     recipe git-diff PATH OLD_FILE OLD_HEX OLD_MODE NEW_FILE NEW_HEX NEW_MODE   (git external diff driver)
     recipe schema
 
@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("new")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
     _add_sets(p)
+    p.add_argument("--set-old", dest="old_sets", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field on the old side only (after --set)")
+    p.add_argument("--set-new", dest="new_sets", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field on the new side only (after --set): what-if diffs of one recipe")
     p = sub.add_parser("git-diff", help="`recipe diff` as a git external diff driver (diff.recipe.command)")
     p.add_argument("path", help="the file's path in the repository")
     p.add_argument("old_file", nargs="?", help="the old version (/dev/null when added)")
@@ -82,7 +86,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from compiler.diff import run_diff
 
-    print(run_diff(args.old, args.new, args.format, args.sets))
+    print(run_diff(args.old, args.new, args.format, args.sets, old_sets=args.old_sets, new_sets=args.new_sets))
     return 0
 
 

@@ -185,9 +185,10 @@ def compare(old_plan: dict[str, Any], new_plan: dict[str, Any], old_name: str = 
     }
     return {
         "format_version": FORMAT_VERSION,
-        "old": {"source": old_name, "recipe": old_plan.get("recipe", {}).get("name")},
-        "new": {"source": new_name, "recipe": new_plan.get("recipe", {}).get("name")},
-        "recipe_fields": changed_fields(old_plan.get("recipe"), new_plan.get("recipe"), "recipe")
+        "old": {"source": old_name, "sets": [], "recipe": old_plan.get("recipe", {}).get("name")},
+        "new": {"source": new_name, "sets": [], "recipe": new_plan.get("recipe", {}).get("name")},
+        "recipe_fields": [] if not (old_plan["jobs"] and new_plan["jobs"]) else  # an empty side: every job says it
+        changed_fields(old_plan.get("recipe"), new_plan.get("recipe"), "recipe")
         + changed_fields(old_plan.get("cluster"), new_plan.get("cluster"), "cluster"),
         "jobs": entries,
         "stages": _stage_hours(old_plan, new_plan, entries),
@@ -243,7 +244,10 @@ def _signed_gib(delta: float) -> str:
 
 def _pair(old: Any, new: Any, fmt: Any, delta: Any = None, unit: str = "") -> str:
     """'a → b unit (+d)', or 'b unit' when equal (as shown); one side for added/removed jobs."""
-    unit = f" {unit}" if unit else ""
+    if unit and "?" not in (fmt(new) if new is not _MISSING else fmt(old)):
+        unit = f" {unit}"
+    else:
+        unit = ""
     if old is _MISSING:
         return f"{fmt(new)}{unit}"
     if new is _MISSING:
@@ -323,11 +327,18 @@ def _field_lines(fields: list[dict[str, Any]], limit: int = MAX_FIELDS) -> tuple
 # ---------------------------------------------------------------- text
 
 
+def _sets_lines(data: dict[str, Any]) -> list[str]:
+    """'old: --set a=1' lines for the sides compiled with overrides."""
+    return [f"{side}: " + " ".join(f"--set {s}" for s in data[side]["sets"]) for side in ("old", "new") if data[side]["sets"]]
+
+
 def render_text(data: dict[str, Any], *, color: bool = False) -> str:
     def paint(symbol: str, text: str) -> str:
         return f"\033[{COLOUR[symbol]}m{text}\033[0m" if color else text
 
     lines = [f"recipe diff {data['old']['source']} {data['new']['source']}"]
+    lines += [f"  {line}" for line in _sets_lines(data)]
+    lines += [f"  {note}" for note in data.get("notes", [])]
     for path, old, new in _field_lines(data["recipe_fields"], limit=10**6)[0]:
         lines.append(f"  {path}: {old} → {new}")
     jobs = data["jobs"]
@@ -367,7 +378,11 @@ def _code(text: str) -> str:
 
 
 def render_markdown(data: dict[str, Any]) -> str:
-    out = [f"### recipe diff {_code(data['old']['source'])} → {_code(data['new']['source'])}", "", f"**{summary_line(data)}**"]
+    out = [f"### recipe diff {_code(data['old']['source'])} → {_code(data['new']['source'])}", ""]
+    sets = _sets_lines(data)
+    if sets:
+        out += [" ".join(_code(line) for line in sets), ""]
+    out.append(f"**{summary_line(data)}**")
     if data["summary"]["to_run"]["jobs"]:
         out += ["", to_run_line(data)]
     jobs = data["jobs"]
@@ -439,10 +454,13 @@ def _use_colour() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
-def run_diff(old: str, new: str, fmt: str = "text", sets: Iterable[str] = (), *, color: bool | None = None) -> str:
-    """`recipe diff OLD NEW`: compile both (files or REV:path; --set applies to both) and render."""
-    sets = list(sets)
-    data = compare(load_plan(old, sets), load_plan(new, sets), old, new)
+def run_diff(old: str, new: str, fmt: str = "text", sets: Iterable[str] = (), *, old_sets: Iterable[str] = (),
+             new_sets: Iterable[str] = (), color: bool | None = None) -> str:
+    """`recipe diff OLD NEW`: compile both (files or REV:path) and render. `sets` apply to both
+    sides, then `old_sets` to OLD only and `new_sets` to NEW only (what-if: `--set-new stages.sft.lr=2e-4`)."""
+    sets, old_sets, new_sets = list(sets), list(old_sets), list(new_sets)
+    data = compare(load_plan(old, sets + old_sets), load_plan(new, sets + new_sets), old, new)
+    data["old"]["sets"], data["new"]["sets"] = sets + old_sets, sets + new_sets
     return render(data, fmt, color=_use_colour() if color is None else color)
 
 
@@ -463,9 +481,14 @@ def run_git_diff(path: str, old_file: str, new_file: str, *, new_path: str | Non
         new_plan = empty_plan() if new_file == DEV_NULL else load_plan(new_file, origin=new_path)
     except RecipeError as exc:
         return _fallback(header, path, new_path, old_file, new_file, exc)
-    data = compare(old_plan, new_plan, DEV_NULL if old_file == DEV_NULL else f"a/{path}",
-                   DEV_NULL if new_file == DEV_NULL else f"b/{new_path}")
-    return render_text(data, color=colour)
+    data = compare(old_plan, new_plan, f"a/{path}", f"b/{new_path}")
+    if old_file == DEV_NULL:
+        data["notes"] = ["new file: every job is added"]
+    elif new_file == DEV_NULL:
+        data["notes"] = ["deleted file: every job is removed"]
+    elif new_path != path:
+        data["notes"] = [f"renamed from {path}"]
+    return render_text(data, color=colour) + "\n"
 
 
 def _fallback(header: str, path: str, new_path: str, old_file: str, new_file: str, exc: RecipeError) -> str:
@@ -480,7 +503,7 @@ def _fallback(header: str, path: str, new_path: str, old_file: str, new_file: st
     lines = [header, "recipe: cannot compile both sides, showing a plain diff:"]
     lines += [f"  {d}" for d in exc.diagnostics]
     body = "".join(difflib.unified_diff(read(old_file), read(new_file), f"a/{path}", f"b/{new_path}"))
-    return "\n".join(lines) + "\n" + body.rstrip("\n")
+    return "\n".join(lines) + "\n" + body.rstrip("\n") + "\n"
 
 
 __all__ = ["compare", "run_diff", "run_git_diff", "render", "load_plan", "changed_fields"]
