@@ -56,6 +56,9 @@ _RecipeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _RecipeLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
+MAX_NODES = 200_000  # far above any real recipe; stops alias bombs
+
+
 def _loc(file: str, node: yaml.Node) -> Loc:
     return Loc(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
@@ -64,24 +67,40 @@ class _TreeBuilder:
     def __init__(self, loader: _RecipeLoader, file: str):
         self.loader, self.file = loader, file
         self.errors: list[Diagnostic] = []
+        self.open: set[int] = set()  # mapping/sequence nodes being built (alias cycles)
+        self.built = 0
 
     def build(self, node: yaml.Node, path: str) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            seq = LocatedList(_loc(self.file, node))
-            for i, item in enumerate(node.value):
-                seq.push(self.build(item, f"{path}[{i}]"), _loc(self.file, item))
-            return seq
+        self.built += 1
+        if self.built > MAX_NODES:
+            raise RecipeError([Diagnostic(_loc(self.file, node), path, f"more than {MAX_NODES:,} values (aliases expanding?)")])
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            if id(node) in self.open:
+                raise RecipeError([Diagnostic(_loc(self.file, node), path, "an alias refers to a node that contains it")])
+            self.open.add(id(node))
+            try:
+                return self._mapping(node, path) if isinstance(node, yaml.MappingNode) else self._sequence(node, path)
+            finally:
+                self.open.discard(id(node))
         try:
             return self.loader.construct_object(node)
         except (yaml.YAMLError, ValueError) as exc:
             self.errors.append(Diagnostic(_loc(self.file, node), path, f"bad scalar {node.value!r}: {exc}"))
             return None
 
+    def _sequence(self, node: yaml.SequenceNode, path: str) -> LocatedList:
+        seq = LocatedList(_loc(self.file, node))
+        for i, item in enumerate(node.value):
+            seq.push(self.build(item, f"{path}[{i}]"), _loc(self.file, item))
+        return seq
+
     def _mapping(self, node: yaml.MappingNode, path: str) -> LocatedMap:
         mapping = LocatedMap(_loc(self.file, node))
+        merges: list[yaml.Node] = []
         for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == "<<" and key_node.style is None:
+                merges.extend(value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node])
+                continue
             key_loc = _loc(self.file, key_node)
             if not isinstance(key_node, yaml.ScalarNode):
                 self.errors.append(Diagnostic(key_loc, path, "mapping keys must be plain scalars"))
@@ -93,6 +112,14 @@ class _TreeBuilder:
                 self.errors.append(Diagnostic(key_loc, child, f"duplicate key '{key}' (first set at line {first.line})"))
                 continue
             mapping.put(key, self.build(value_node, child), key_loc, _loc(self.file, value_node))
+        for merge_node in merges:  # YAML merge keys (`<<: *defaults`): explicit keys win, earlier merges win
+            merged = self.build(merge_node, path)
+            if not isinstance(merged, LocatedMap):
+                self.errors.append(Diagnostic(_loc(self.file, merge_node), path, "'<<' must merge a mapping or a list of mappings"))
+                continue
+            for key, value in merged.items():
+                if key not in mapping:
+                    mapping.put(key, value, merged.key_locs[key], merged.value_locs[key])
         return mapping
 
 
