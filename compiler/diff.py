@@ -7,7 +7,8 @@ Each job is one of
     -  remove               only in A
     ~  update               its own config (or entry, kind, array, depends_on) changed: its hash
                             changes, so it reruns
-    ~  rerun                only its parents' hashes changed: it reruns on their new checkpoints
+    ~  rerun                only its parents' hashes changed: it reruns on their new checkpoints (or a
+                            job of its group reruns: an RL trainer and its rollout sidecar start together)
     ~  none-resources-only  same hash (no rerun) but resources or estimates changed (time_limit, ...)
 
 Unchanged jobs are counted, not listed. Changed fields are flattened dotted paths
@@ -122,9 +123,9 @@ def _job_fields(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[dict[str
     return own, other
 
 
-def compare_jobs(old: dict[str, Any], new: dict[str, Any], status: dict[str, str]) -> dict[str, Any] | None:
-    """One matched job's entry, or None when nothing about it changed. `status`: change of the
-    jobs compared so far (parents come first in plan order)."""
+def compare_jobs(old: dict[str, Any], new: dict[str, Any], status: dict[str, str], *, force: bool = False) -> dict[str, Any] | None:
+    """One matched job's entry, or None when nothing about it changed (unless `force`). `status`:
+    change of the jobs compared so far (parents come first in plan order)."""
     own, other = _job_fields(old, new)
     old_m, new_m = _metrics(old), _metrics(new)
     if old["hash"] != new["hash"]:
@@ -134,7 +135,7 @@ def compare_jobs(old: dict[str, Any], new: dict[str, Any], status: dict[str, str
         else:
             parents = [p for p in new.get("depends_on", []) if status.get(p, "add") in ("add", "update", "rerun")]
             change, reason = "rerun", "reruns: parent changed" + (f" ({', '.join(parents)})" if parents else "")
-    elif other or not _same(old_m, new_m):
+    elif other or not _same(old_m, new_m) or force:
         change, reason = "none-resources-only", "no rerun: same config and hash"
     else:
         return None
@@ -146,9 +147,8 @@ def compare(old_plan: dict[str, Any], new_plan: dict[str, Any], old_name: str = 
     """The diff as plain data (the JSON format)."""
     old_jobs = {j["id"]: j for j in old_plan["jobs"]}
     new_ids = {j["id"] for j in new_plan["jobs"]}
-    entries: list[dict[str, Any]] = []
+    by_id: dict[str, dict[str, Any] | None] = {}
     status: dict[str, str] = {}
-    unchanged: list[str] = []
     for job in new_plan["jobs"]:
         before = old_jobs.get(job["id"])
         if before is None:
@@ -156,12 +156,23 @@ def compare(old_plan: dict[str, Any], new_plan: dict[str, Any], old_name: str = 
                      "fields": [], "old": None, "new": _metrics(job)}
         else:
             entry = compare_jobs(before, job, status)
-        if entry is None:
-            status[job["id"]] = "none"
-            unchanged.append(job["id"])
-        else:
-            status[job["id"]] = entry["change"]
-            entries.append(entry)
+        by_id[job["id"]] = entry
+        status[job["id"]] = "none" if entry is None else entry["change"]
+    # Jobs of a group start together (an RL trainer and its rollout sidecar): one reruns, all do.
+    rerun_groups: dict[str, list[str]] = {}
+    for job in new_plan["jobs"]:
+        if job.get("group") and status[job["id"]] in ("add", "update", "rerun"):
+            rerun_groups.setdefault(job["group"], []).append(job["id"])
+    for job in new_plan["jobs"]:
+        starters = rerun_groups.get(job.get("group") or "", [])
+        if starters and status[job["id"]] in ("none", "none-resources-only"):
+            entry = by_id[job["id"]] or compare_jobs(old_jobs[job["id"]], job, status, force=True)
+            assert entry is not None
+            entry.update(change="rerun", reruns=True, reason=f"reruns: starts with its group ({', '.join(starters)})")
+            by_id[job["id"]] = entry
+            status[job["id"]] = "rerun"
+    entries = [e for e in by_id.values() if e is not None]
+    unchanged = [job_id for job_id, e in by_id.items() if e is None]
     for job in old_plan["jobs"]:
         if job["id"] not in new_ids:
             entries.append({"id": job["id"], "stage": job.get("stage"), "change": "remove", "reruns": False,
@@ -231,15 +242,25 @@ def _wall(value: float | None) -> str:
     return "?" if value is None else f"{value:,.1f}"
 
 
-def _signed_hours(delta: float) -> str:
-    if round(delta, 2) == 0:
+def _hours_delta(old: float, new: float) -> str:
+    """new - old as the two are shown (so 183,171 → 210,020 says +26,849)."""
+    top = max(abs(old), abs(new))
+    places = 0 if top >= 100 else 2 if top >= 0.01 else None
+    delta = new - old if places is None else round(round(new, places) - round(old, places), places or 0)
+    if delta == 0:
         return "±0"
-    return ("+" if delta > 0 else "-") + hours(abs(delta))
+    if places is None:
+        return ("+" if delta > 0 else "-") + hours(abs(delta))
+    return f"{delta:+,.0f}" if places == 0 else f"{delta:+.2f}"
 
 
-def _signed_gib(delta: float) -> str:
-    text = f"{delta / GIB:+.1f}"
-    return "±0" if text in ("+0.0", "-0.0") else text
+def _one_place_delta(old: float, new: float) -> str:
+    delta = round(round(new, 1) - round(old, 1), 1)
+    return "±0" if delta == 0 else f"{delta:+,.1f}"
+
+
+def _gib_delta(old: float, new: float) -> str:
+    return _one_place_delta(old / GIB, new / GIB)
 
 
 def _pair(old: Any, new: Any, fmt: Any, delta: Any = None, unit: str = "") -> str:
@@ -256,7 +277,7 @@ def _pair(old: Any, new: Any, fmt: Any, delta: Any = None, unit: str = "") -> st
         return f"{fmt(new)}{unit}"
     if delta is None or old is None or new is None:
         return f"{fmt(old)} → {fmt(new)}{unit}"
-    return f"{fmt(old)} → {fmt(new)}{unit} ({delta(new - old)})"
+    return f"{fmt(old)} → {fmt(new)}{unit} ({delta(old, new)})"
 
 
 def _side(entry: dict[str, Any], side: str, key: str) -> Any:
@@ -280,23 +301,23 @@ def _gpu_hours_delta(entry: dict[str, Any]) -> str:
     new = _side(entry, "new", "gpu_hours")
     if old is None or new is None:
         return "?"
-    return _signed_hours((0.0 if new is _MISSING else new) - (0.0 if old is _MISSING else old))
+    return _hours_delta(0.0 if old is _MISSING else old, 0.0 if new is _MISSING else new)
 
 
 def metrics_parts(entry: dict[str, Any], *, with_gpu_hours: bool = True) -> list[str]:
     """['GPUs 56', 'memory/GPU 26.5 → 71.1 GiB (+44.6)', 'GPU-h 3,517 → 8,391 (+4,874)', ...]."""
     parts = [f"GPUs {_pair(_gpus(entry['old']), _gpus(entry['new']), _fmt_gpus)}"]
     parts.append("memory/GPU " + _pair(_side(entry, "old", "memory_per_gpu_bytes"), _side(entry, "new", "memory_per_gpu_bytes"),
-                                         gib, _signed_gib, "GiB"))
+                                         gib, _gib_delta, "GiB"))
     if with_gpu_hours:
         old, new = _side(entry, "old", "gpu_hours"), _side(entry, "new", "gpu_hours")
-        text = "GPU-h " + _pair(old, new, _hours, _signed_hours)
+        text = "GPU-h " + _pair(old, new, _hours, _hours_delta)
         if (old is _MISSING or new is _MISSING) and (old or new):
             text += f" ({_gpu_hours_delta(entry)})"
         parts.append(text)
     old_w, new_w = _side(entry, "old", "wall_hours"), _side(entry, "new", "wall_hours")
     if old_w is not _MISSING and new_w is not _MISSING and _wall(old_w) != _wall(new_w):
-        parts.append("wall " + _pair(old_w, new_w, _wall, lambda d: f"{d:+.1f}", "h"))
+        parts.append("wall " + _pair(old_w, new_w, _wall, _one_place_delta, "h"))
     return parts
 
 
@@ -304,7 +325,7 @@ def summary_line(data: dict[str, Any]) -> str:
     s = data["summary"]
     h, p = s["gpu_hours"], s["peak_gpus"]
     return (f"Plan: {s['add']} to add, {s['change']} to change ({s['rerun']} rerun), {s['remove']} to remove, "
-            f"{s['unchanged']} unchanged. GPU-hours {_hours(h['old'])} → {_hours(h['new'])} ({_signed_hours(h['delta'])}); "
+            f"{s['unchanged']} unchanged. GPU-hours {_hours(h['old'])} → {_hours(h['new'])} ({_hours_delta(h['old'], h['new'])}); "
             f"peak GPUs {p['old']} → {p['new']}.")
 
 
@@ -316,7 +337,7 @@ def to_run_line(data: dict[str, Any]) -> str:
 
 
 def _stage_rows(data: dict[str, Any]) -> list[list[str]]:
-    return [[s["stage"], _hours(s["old"]), _hours(s["new"]), _signed_hours(s["delta"])] for s in data["stages"]]
+    return [[s["stage"], _hours(s["old"]), _hours(s["new"]), _hours_delta(s["old"], s["new"])] for s in data["stages"]]
 
 
 def _field_lines(fields: list[dict[str, Any]], limit: int = MAX_FIELDS) -> tuple[list[tuple[str, str, str]], int]:
@@ -343,7 +364,7 @@ def render_text(data: dict[str, Any], *, color: bool = False) -> str:
         lines.append(f"  {path}: {old} → {new}")
     jobs = data["jobs"]
     if jobs:
-        lines += ["", "Jobs (matched by id): + add, - remove, ~ change; reruns when the job's hash changes.", ""]
+        lines += ["", "Jobs, matched by id: + add, - remove, ~ change (reruns when its config, a parent or its group changed).", ""]
         width = max(len(e["id"]) for e in jobs)
         for entry in jobs:
             symbol = SYMBOL[entry["change"]]
