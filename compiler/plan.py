@@ -74,8 +74,9 @@ class PlanContext:
         self.jobs.append(job)
         return job
 
-    def resolve_model_ref(self, ref: str | None, at: tuple, stage_names: list[str], index: int) -> tuple[dict[str, Any], str | None]:
-        """A `from`/teacher/chosen/rejected reference -> (init description, producing job id or None)."""
+    def resolve_model_ref(self, ref: str | None, at: tuple, index: int) -> tuple[dict[str, Any], str | None]:
+        """A `from`/teacher/chosen/rejected reference of stage `index` -> (init description, producing job id or None)."""
+        stage_names = [stage.name for stage in self.recipe.stages]
         if ref is None:
             return {"kind": "random"}, None
         if ref in self.stage_job:

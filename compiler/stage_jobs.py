@@ -26,23 +26,22 @@ from spec.stages import (
     StageBase,
 )
 
-def _init(ctx: PlanContext, stage: StageBase, index: int, names: list[str]) -> tuple[dict[str, Any], list[str]]:
+def _init(ctx: PlanContext, stage: StageBase, index: int) -> tuple[dict[str, Any], list[str]]:
     ref = stage.from_
     if ref is None and index > 0:
-        ref = names[index - 1]
+        ref = ctx.recipe.stages[index - 1].name
     if ref is None and stage.kind != "pretrain":
         ctx.error(("stages", index, "from"), f"a {stage.kind} stage needs initial weights: set from")
-    init, job = ctx.resolve_model_ref(ref, ("stages", index, "from"), names, index)
+    init, job = ctx.resolve_model_ref(ref, ("stages", index, "from"), index)
     return init, [job] if job else []
 
 
 def build_lm(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) -> ModelSpec:
     assert isinstance(stage, LmStage)
     at = ("stages", index)
-    names = [s.name for s in ctx.recipe.stages]
     if isinstance(stage, LongContextStage):
         model = _extend_context(ctx, stage, at, model)
-    init, deps = _init(ctx, stage, index, names)
+    init, deps = _init(ctx, stage, index)
     scale = resolve_scale(stage, model, ctx.recipe.cluster, at, ctx.error)
     mix, mix_deps = resolve_lm_mix(ctx, stage, at, scale.tokens)
     config = {**training_config(stage, model, init, scale), "data": mix}
@@ -67,10 +66,9 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
                     config: dict[str, Any], refs: list[tuple[str, str]], *, gpus: int, tensor_parallel: int,
                     sequences: int | None, max_tokens: int) -> Job:
     """A vLLM generation job (distillation, delta pairs) feeding a training stage."""
-    names = [s.name for s in ctx.recipe.stages]
     models, deps = {}, []
     for field_name, ref in refs:
-        models[field_name], job = ctx.resolve_model_ref(ref, ("stages", index, block_name, field_name), names, index)
+        models[field_name], job = ctx.resolve_model_ref(ref, ("stages", index, block_name, field_name), index)
         deps += [job] if job else []
     cluster = ctx.recipe.cluster
     if isinstance(cluster, SlurmCluster) and gpus == 0:
@@ -122,7 +120,7 @@ def _generation_estimates(ctx: PlanContext, models: list[ModelSpec | None], sequ
 def build_sft(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) -> ModelSpec:
     assert isinstance(stage, SftStage)
     at = ("stages", index)
-    init, deps = _init(ctx, stage, index, [s.name for s in ctx.recipe.stages])
+    init, deps = _init(ctx, stage, index)
     if stage.distill is not None:
         d = stage.distill
         if d.filters.max_length is not None and d.filters.max_length > model.max_seq_len:
@@ -144,7 +142,7 @@ def build_sft(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) 
 def build_dpo(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) -> ModelSpec:
     assert isinstance(stage, DpoStage)
     at = ("stages", index)
-    init, deps = _init(ctx, stage, index, [s.name for s in ctx.recipe.stages])
+    init, deps = _init(ctx, stage, index)
     if stage.delta is not None:
         d = stage.delta
         gen = _generation_job(ctx, stage, index, "delta_pairs", "delta", {"delta": dump(d, exclude={"chosen", "rejected", "gpus"})},
@@ -165,7 +163,7 @@ def build_dpo(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) 
 
 def build_rlvr(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) -> ModelSpec:
     assert isinstance(stage, RlvrStage)
-    init, deps = _init(ctx, stage, index, [s.name for s in ctx.recipe.stages])
+    init, deps = _init(ctx, stage, index)
     build_rl_jobs(ctx, stage, index, model, init, deps)
     return model
 
