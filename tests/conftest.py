@@ -1,0 +1,160 @@
+"""Shared helpers: run the `recipe` CLI in-process or as a subprocess, and small recipes to edit."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+TINY = RECIPES / "tiny-think.yaml"
+
+# One diagnostic line: FILE:LINE:COL: message, where FILE is a path without ':' or a `<--set ...>` pseudo-file.
+DIAGNOSTIC = re.compile(r"^(?:<--set .*>|[^:\n]+):\d+:\d+: .+$")
+
+# A minimal valid recipe: local cluster, one source with a fixed mix, one pretrain stage.
+MINIMAL = """\
+name: mini
+description: a minimal recipe
+cluster: local
+model:
+  family: llama3
+  vocab_size: 256
+  d_model: 64
+  n_layers: 2
+  n_heads: 4
+  n_kv_heads: 2
+  ffn_hidden: 128
+  max_seq_len: 128
+data:
+  sources:
+    text: {path: ./data/text, tokens: 1000000}
+  mix: {kind: fixed, weights: {text: 1.0}}
+stages:
+  - name: pretrain
+    kind: pretrain
+    lr: 1.0e-3
+    global_batch_sequences: 8
+    micro_batch_size: 4
+    seq_len: 128
+    steps: 10
+"""
+
+# The same recipe as a plain dict (for property tests that mutate and dump it).
+MINIMAL_DICT = {
+    "name": "mini",
+    "description": "a minimal recipe",
+    "cluster": "local",
+    "model": {
+        "family": "llama3", "vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 4,
+        "n_kv_heads": 2, "ffn_hidden": 128, "max_seq_len": 128,
+    },
+    "data": {
+        "sources": {"text": {"path": "./data/text", "tokens": 1000000}},
+        "mix": {"kind": "fixed", "weights": {"text": 1.0}},
+    },
+    "stages": [
+        {"name": "pretrain", "kind": "pretrain", "lr": 1.0e-3, "global_batch_sequences": 8,
+         "micro_batch_size": 4, "seq_len": 128, "steps": 10},
+    ],
+}
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.splitlines()
+
+
+def run_main(args: Sequence[object]) -> CliResult:
+    """`compiler.cli.main(args)` in this process, with stdout and stderr captured (usable inside hypothesis)."""
+    from compiler.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RECIPE_DEBUG", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def run_subprocess(args: Sequence[object], *, cwd: Path | str | None = None, env: dict[str, str] | None = None,
+                   timeout: float = 120) -> CliResult:
+    """`python -m compiler.cli ARGS` in a fresh interpreter (the repository on PYTHONPATH unless `env` says otherwise)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "compiler.cli", *[str(a) for a in args]],
+        cwd=cwd, env=env if env is not None else subprocess_env(), capture_output=True, text=True, timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run `compiler.cli.main([...])` in-process; stdout/stderr captured with capsys."""
+    from compiler.cli import main
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def run_cli_subprocess() -> Callable[..., CliResult]:
+    """Run `python -m compiler.cli ...` as a subprocess."""
+    return run_subprocess
+
+
+def line_of(text: str, needle: str, *, occurrence: int = 1) -> int:
+    """1-based number of the line holding the `occurrence`-th match of `needle`."""
+    seen = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if needle in line:
+            seen += 1
+            if seen == occurrence:
+                return number
+    raise AssertionError(f"{needle!r} not in text")
+
+
+def col_of(text: str, needle: str, *, occurrence: int = 1) -> int:
+    """1-based column where `needle` starts on its line."""
+    line = text.splitlines()[line_of(text, needle, occurrence=occurrence) - 1]
+    return line.index(needle) + 1
+
+
+def edit(text: str, old: str, new: str, count: int = 1) -> str:
+    """str.replace that fails loudly when `old` is not there (so tests break when a recipe changes)."""
+    assert old in text, f"{old!r} not in recipe text"
+    return text.replace(old, new, count)
+
+
+@pytest.fixture
+def tiny_text() -> str:
+    return TINY.read_text(encoding="utf-8")
