@@ -125,7 +125,7 @@ def build_plan(recipe: Recipe, tree: LocatedMap) -> dict[str, Any]:
     build_stage_jobs(ctx)
     errors = [d for d in ctx.diagnostics if d.severity == "error"]
     if errors:
-        raise RecipeError(errors)
+        raise RecipeError(sorted(errors, key=lambda d: (d.loc.file, d.loc.line, d.loc.col, d.path)))
     assign_hashes(ctx.jobs)
     jobs = [job.to_json() for job in ctx.jobs]
     return {
