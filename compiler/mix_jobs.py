@@ -84,6 +84,8 @@ def _check_constraints(ctx: PlanContext, search: RegMixSearch) -> dict[str, list
 def build_mix_jobs(ctx: PlanContext) -> None:
     """RegMix: a swarm array of proxy trainings, a fit, a solve that writes mix.json. Inserted first."""
     search = ctx.recipe.data.mix
+    if isinstance(search, FixedMix):  # checked once, whether or not a stage trains on it
+        _check_weights(ctx, search.weights, ("data", "mix", "weights"))
     if not isinstance(search, RegMixSearch):
         return
     if not ctx.mix_consumers:
