@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from spec.base import Fraction, PositiveFloat, PositiveInt, Spec
 
@@ -40,6 +40,12 @@ class LocalCluster(Spec):
     cpu_tflops: PositiveFloat = Field(0.05, description="Sustained fp32 TFLOP/s of the CPU (for time estimates).")
     cpu_memory_bandwidth_gbps: PositiveFloat = Field(20, description="Host memory bandwidth in GB/s (decode estimates).")
     mfu: Fraction = Field(0.3, description="Model FLOPs utilisation assumed for time estimates.")
+
+    @model_validator(mode="after")
+    def _gpu_type_with_gpus(self) -> "LocalCluster":
+        if self.gpus > 0 and self.gpu is None:
+            raise ValueError(f"gpus is {self.gpus}: give gpu (the GPU type, its memory and speed) too")
+        return self
 
 
 class SlurmCluster(Spec):
