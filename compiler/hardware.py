@@ -23,12 +23,14 @@ class Device:
 
 
 def device_for(cluster: LocalCluster | SlurmCluster, gpus: int, processes: int) -> Device:
-    """The device of a job with `gpus` GPUs (0: CPU with `processes` processes)."""
-    if gpus > 0:
-        gpu = cluster.gpu
-        assert gpu is not None, "a job with GPUs on a cluster without a GPU type is rejected earlier"
+    """The device of a job with `gpus` GPUs (0: CPU with `processes` processes).
+
+    A job asking for GPUs the cluster lacks (see `gpu_count_problem`) is reported by its builder; meanwhile it is
+    estimated on what the cluster has: a Slurm job on one of its GPUs, a job on a CPU-only machine on the CPU."""
+    gpu = cluster.gpu
+    if gpu is not None and (gpus > 0 or isinstance(cluster, SlurmCluster)):
         return Device("gpu", gpu.type, int(gpu.memory_gib * GIB), gpu.peak_tflops, gpu.memory_bandwidth_gbps, cluster.mfu)
-    assert isinstance(cluster, LocalCluster), "Slurm jobs always have GPUs"
+    assert isinstance(cluster, LocalCluster), "a Slurm cluster always has a GPU type"
     return Device(
         "cpu",
         "cpu",
@@ -37,6 +39,15 @@ def device_for(cluster: LocalCluster | SlurmCluster, gpus: int, processes: int) 
         cluster.cpu_memory_bandwidth_gbps,
         cluster.mfu,
     )
+
+
+def gpu_count_problem(cluster: LocalCluster | SlurmCluster, gpus: int) -> str | None:
+    """Why a job asking for `gpus` GPUs cannot run on `cluster`, or None when it can."""
+    if isinstance(cluster, SlurmCluster):
+        return f"{cluster.name} runs jobs on GPUs: give at least 1 (got 0)" if gpus == 0 else None
+    if gpus > cluster.gpus:
+        return f"this machine has {cluster.gpus} GPUs (got {gpus})"
+    return None
 
 
 def gpus_per_node(cluster: LocalCluster | SlurmCluster) -> int:

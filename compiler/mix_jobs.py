@@ -6,7 +6,7 @@ from typing import Any
 
 from compiler import estimates
 from compiler.diagnostics import did_you_mean
-from compiler.hardware import GIB, device_for, nodes_for
+from compiler.hardware import GIB, device_for, gpu_count_problem, nodes_for
 from compiler.job_common import JOB_ENTRIES, model_config, resources
 from compiler.plan import Job, PlanContext
 from spec.cluster import SlurmCluster
@@ -96,6 +96,9 @@ def build_mix_jobs(ctx: PlanContext) -> None:
     if proxy.seq_len > proxy.model.max_seq_len:
         ctx.error((*at, "seq_len"), f"{proxy.seq_len} exceeds the proxy's max_seq_len {proxy.model.max_seq_len}")
     cluster = ctx.recipe.cluster
+    problem = gpu_count_problem(cluster, proxy.gpus)
+    if problem:
+        ctx.error((*at, "gpus"), f"a proxy: {problem}")
     device = device_for(cluster, proxy.gpus, 1)
     model = proxy.model if device.kind == "gpu" else proxy.model.model_copy(update={"dtype": "float32"})
     flops = estimates.training_flops_per_token(model, proxy.seq_len)

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from compiler import estimates
-from compiler.hardware import GIB, device_for, nodes_for
+from compiler.hardware import GIB, device_for, gpu_count_problem, nodes_for
 from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_estimates
 from compiler.plan import Job, PlanContext
 from compiler.resolve_training import resolve_scale
@@ -28,8 +28,9 @@ def _check_lengths(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSp
         ctx.error((*at, "rollout", "max_model_len"), f"{r.max_model_len} exceeds the model's max_seq_len {model.max_seq_len} at this stage")
     if r.gpus and r.gpus % r.tensor_parallel:
         ctx.error((*at, "rollout", "tensor_parallel"), f"tensor_parallel {r.tensor_parallel} must divide the sidecar's {r.gpus} GPUs")
-    if isinstance(ctx.recipe.cluster, SlurmCluster) and r.gpus == 0:
-        ctx.error((*at, "rollout", "gpus"), f"the sidecar needs GPUs of its own on {ctx.recipe.cluster.name}")
+    problem = gpu_count_problem(ctx.recipe.cluster, r.gpus)
+    if problem:
+        ctx.error((*at, "rollout", "gpus"), f"the sidecar: {problem}")
     if model.n_heads % r.tensor_parallel:
         ctx.error((*at, "rollout", "tensor_parallel"), f"tensor_parallel {r.tensor_parallel} must divide n_heads {model.n_heads}")
 

@@ -8,7 +8,7 @@ import math
 from typing import Any, Callable
 
 from compiler import estimates
-from compiler.hardware import device_for, nodes_for, parse_time
+from compiler.hardware import device_for, gpu_count_problem, nodes_for, parse_time
 from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_job
 from compiler.mix_jobs import build_mix_jobs, resolve_lm_mix
 from compiler.plan import Job, PlanContext
@@ -71,8 +71,9 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
         models[field_name], job = ctx.resolve_model_ref(ref, ("stages", index, block_name, field_name), index)
         deps += [job] if job else []
     cluster = ctx.recipe.cluster
-    if isinstance(cluster, SlurmCluster) and gpus == 0:
-        ctx.error(("stages", index, block_name, "gpus"), f"generation on {cluster.name} needs at least one GPU")
+    problem = gpu_count_problem(cluster, gpus)
+    if problem:
+        ctx.error(("stages", index, block_name, "gpus"), f"generation: {problem}")
     nodes = nodes_for(cluster, gpus)
     per_node = math.ceil(gpus / nodes) if gpus else 0
     known = [ctx.stage_model.get(m.get("stage", "")) for m in models.values()]
