@@ -108,7 +108,7 @@ def _grad_accum(stage: StageBase, global_batch: int, dp: int, at: tuple, error: 
     if global_batch % per_step == 0:
         return global_batch // per_step
     lower, upper = global_batch // per_step * per_step, (global_batch // per_step + 1) * per_step
-    divisors = [m for m in range(stage.micro_batch_size, 0, -1) if global_batch % (m * dp) == 0]
+    divisors = [m for m in range(min(stage.micro_batch_size, global_batch), 0, -1) if global_batch % (m * dp) == 0]
     fixes = [f"global_batch_sequences {lower or per_step} or {upper}"]
     if divisors:
         fixes.append(f"micro_batch_size {divisors[0]} (grad_accum {global_batch // (divisors[0] * dp)})")

@@ -192,7 +192,7 @@ def _check_stage_names(ctx: PlanContext) -> None:
 
 def _check_model(ctx: PlanContext, model: ModelSpec, at: tuple) -> None:
     if model.n_heads % model.n_kv_heads:
-        ok = [k for k in range(model.n_kv_heads, 0, -1) if model.n_heads % k == 0][0]
+        ok = [k for k in range(min(model.n_kv_heads, model.n_heads), 0, -1) if model.n_heads % k == 0][0]
         ctx.error((*at, "n_kv_heads"), f"n_heads ({model.n_heads}) must be a multiple of n_kv_heads ({model.n_kv_heads}): use n_kv_heads {ok}")
     if model.rope_scaling is not None and model.rope_scaling.original_max_seq_len > model.max_seq_len:
         ctx.error((*at, "rope_scaling", "original_max_seq_len"), f"{model.rope_scaling.original_max_seq_len} exceeds max_seq_len {model.max_seq_len}")
