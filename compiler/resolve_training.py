@@ -109,7 +109,7 @@ def _grad_accum(stage: StageBase, global_batch: int, dp: int, at: tuple, error: 
         return global_batch // per_step
     lower, upper = global_batch // per_step * per_step, (global_batch // per_step + 1) * per_step
     divisors = [m for m in range(min(stage.micro_batch_size, global_batch), 0, -1) if global_batch % (m * dp) == 0]
-    fixes = [f"global_batch_sequences {lower or per_step} or {upper}"]
+    fixes = [f"global_batch_sequences {lower} or {upper}" if lower else f"global_batch_sequences {upper}"]
     if divisors:
         fixes.append(f"micro_batch_size {divisors[0]} (grad_accum {global_batch // (divisors[0] * dp)})")
     error((*at, "global_batch_sequences"),
