@@ -304,6 +304,22 @@ def test_batch_arithmetic_that_does_not_divide(tmp_path: Path) -> None:
     assert "micro_batch_size 2" in message  # or a micro batch that divides
 
 
+def test_global_batch_below_one_micro_batch_suggests_each_fix_once(tmp_path: Path) -> None:
+    text = edit(MINIMAL, "micro_batch_size: 4", "micro_batch_size: 16")
+    message = expect_one(tmp_path, text, "global_batch_sequences: 8", "stages[0].global_batch_sequences", value="8")
+    assert "use global_batch_sequences 16 or micro_batch_size 8" in message
+    assert "16 or 16" not in message
+
+
+@pytest.mark.parametrize("field", ["micro_batch_size: 4", "n_kv_heads: 2"])
+def test_absurdly_large_integers_are_errors_quickly(tmp_path: Path, field: str) -> None:
+    """Fix suggestions must not count down from the value given (1e30 used to hang the compiler)."""
+    key = field.split(":")[0]
+    text = edit(MINIMAL, field, f"{key}: {10**30}")
+    path, lines = compile_text(tmp_path, text)
+    assert any(str(10**30) in line for line in lines), lines
+
+
 def test_global_batch_tokens_not_a_multiple_of_seq_len(tmp_path: Path) -> None:
     text = edit(MINIMAL, "global_batch_sequences: 8", "global_batch_tokens: 1100")
     message = expect_one(tmp_path, text, "1100", "stages[0].global_batch_tokens")
