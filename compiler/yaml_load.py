@@ -123,18 +123,31 @@ class _TreeBuilder:
         return mapping
 
 
+def _reader_error(exc: yaml.reader.ReaderError, text: str, file: str) -> Diagnostic:
+    """A character YAML does not allow (control characters), located by its position in the text."""
+    position = min(max(exc.position, 0), len(text))
+    line = text.count("\n", 0, position) + 1
+    col = position - (text.rfind("\n", 0, position) + 1) + 1
+    return Diagnostic(Loc(file, line, col), "", f"YAML error: character {chr(exc.character)!r} is not allowed: {exc.reason}")
+
+
 def parse_yaml(text: str, file: str) -> Any:
     """Parse one YAML document into a located tree; raise RecipeError on any problem."""
-    loader = _RecipeLoader(text)
+    try:
+        loader = _RecipeLoader(text)  # the reader rejects control characters here or while scanning
+    except yaml.reader.ReaderError as exc:
+        raise RecipeError([_reader_error(exc, text, file)]) from None
     try:
         node = loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        raise RecipeError([_reader_error(exc, text, file)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Loc(file, mark.line + 1, mark.column + 1) if mark else Loc(file, 1, 1)
         problem = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
         raise RecipeError([Diagnostic(loc, "", f"YAML syntax error: {problem}")]) from None
     except yaml.YAMLError as exc:
-        raise RecipeError([Diagnostic(Loc(file, 1, 1), "", f"YAML error: {exc}")]) from None
+        raise RecipeError([Diagnostic(Loc(file, 1, 1), "", f"YAML error: {' '.join(str(exc).split())}")]) from None
     finally:
         loader.dispose()
     if node is None:
