@@ -18,6 +18,10 @@ class Loc:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+# Characters that end a line (str.splitlines): recipe text quoted in a message is escaped so each diagnostic stays one line.
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     loc: Loc
@@ -28,7 +32,7 @@ class Diagnostic:
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
         tag = "warning: " if self.severity == "warning" else ""
-        return f"{self.loc}: {tag}{where}{self.message}"
+        return f"{self.loc}: {tag}{where}{self.message}".translate(_LINE_BREAKS)
 
 
 class RecipeError(Exception):
