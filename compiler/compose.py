@@ -159,6 +159,10 @@ def apply_set(tree: LocatedMap, assignment: str, root_model: Any) -> None:
     value: Any
     if is_text(annotation) and raw not in ("null", "~"):
         value = raw
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 on the command line
+            raise RecipeError([Diagnostic(where, format_path([*resolved, key]), f"the value {raw!r} is not valid UTF-8 text")]) from None
     else:
         value = parse_yaml(raw, where.file) if raw.strip() else None
     if isinstance(parent, LocatedMap):

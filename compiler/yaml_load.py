@@ -56,6 +56,14 @@ _RecipeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _RecipeLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 MAX_NODES = 200_000  # far above any real recipe; stops alias bombs
 
 
@@ -83,7 +91,10 @@ class _TreeBuilder:
             finally:
                 self.open.discard(id(node))
         try:
-            return self.loader.construct_object(node)
+            value = self.loader.construct_object(node)
+            if isinstance(value, str):
+                value.encode("utf-8")  # a "\ud800" escape gives a lone surrogate, which no output file can hold
+            return value
         except (yaml.YAMLError, ValueError) as exc:
             self.errors.append(Diagnostic(_loc(self.file, node), path, f"bad scalar {node.value!r}: {exc}"))
             return None
@@ -106,6 +117,9 @@ class _TreeBuilder:
                 self.errors.append(Diagnostic(key_loc, path, "mapping keys must be plain scalars"))
                 continue
             key = str(key_node.value)
+            if not key.isascii() and not _encodable(key):
+                self.errors.append(Diagnostic(key_loc, path, f"bad key {key!r}: a lone surrogate is not text"))
+                continue
             child = f"{path}.{key}" if path else key
             if key in mapping:
                 first = mapping.key_locs[key]
