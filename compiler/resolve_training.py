@@ -173,7 +173,7 @@ def resolve_scale(
         steps = math.ceil(stage.tokens / tokens_per_step)
     else:
         error(at, "give steps or tokens")
-        steps = 1
+        steps = max(1, stage.schedule.warmup_steps)  # a placeholder that raises no follow-on warmup error
     if stage.schedule.warmup_steps > steps:
         error((*at, "schedule", "warmup_steps"), f"{stage.schedule.warmup_steps} warmup steps exceed the stage's {steps} steps")
     scale = TrainingScale(
