@@ -18,7 +18,7 @@ def recipe_schema() -> dict[str, Any]:
         "description": cluster.get("description", ""),
         "anyOf": [
             {"type": "string", "description": "A shipped profile (local, h100-80gb) or a profile file (*.yaml)."},
-            {"type": "object", "required": ["profile"], "properties": {"profile": {"type": "string"}},
+            {"type": "object", "required": ["profile"], "properties": {"profile": {"type": "string", "description": "The profile to start from (a name or *.yaml file)."}},
              "description": "A profile with overrides."},
             {k: v for k, v in cluster.items() if k != "description"},
         ],
