@@ -195,11 +195,27 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> Non
     assert "top level must be a mapping" in lines[0] and got in lines[0]
 
 
-def test_missing_recipe_file(tmp_path: Path) -> None:
+def test_missing_recipe_file(tmp_path: Path, run_cli) -> None:
     missing = tmp_path / "nope.yaml"
-    lines = check_failed(run_main(["compile", missing, "-o", tmp_path / "out"]), tmp_path / "out")
+    lines = check_failed(run_cli("compile", missing, "-o", tmp_path / "out"), tmp_path / "out")
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"{display(missing)}:1:1: "), lines
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("steps: 10", "steps: abc"), ("n_kv_heads: 2", "n_kv_heads: 3"), ("cluster: local", "cluster: nope")],
+    ids=["schema", "plan", "profile"],
+)
+def test_explain_reports_the_same_errors_as_compile(tmp_path: Path, run_cli, old: str, new: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(edit(MINIMAL, old, new))
+    compiled = run_cli("compile", path, "-o", tmp_path / "out")
+    explained = run_cli("explain", path)
+    as_json = run_cli("explain", path, "--json")
+    check_failed(compiled, tmp_path / "out")
+    for result in (explained, as_json):
+        assert (result.code, result.out, result.err) == (2, "", compiled.err)
 
 
 def test_recipe_that_is_a_directory(tmp_path: Path) -> None:
