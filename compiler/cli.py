@@ -69,7 +69,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     target = Path(args.output) / compiled.recipe.name
     plan = dict(compiled.plan)
     plan["recipe_dir"] = os.path.relpath(compiled.path.resolve().parent, target.resolve())
-    write_atomically(target, job_files(plan))
+    try:
+        write_atomically(target, job_files(plan))
+    except OSError as exc:  # -o names a file, or a folder that cannot be written
+        from compiler.diagnostics import Diagnostic, Loc
+
+        raise RecipeError([Diagnostic(Loc(f"<-o {args.output}>", 1, 1), "", f"cannot write {target}: {exc.strerror or exc}")]) from None
     print(compile_summary(plan, target))
     return 0
 
