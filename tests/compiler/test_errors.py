@@ -527,3 +527,18 @@ def test_failed_compile_leaves_an_existing_build_untouched(tmp_path: Path) -> No
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert sorted(p.name for p in out.iterdir()) == ["mini"]  # no staging folders left behind
+
+
+@pytest.mark.parametrize("below", ["", "sub"], ids=["file", "below-a-file"])
+def test_output_that_is_a_file_is_a_user_error(tmp_path: Path, below: str) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(MINIMAL)
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    out = blocker / below if below else blocker
+    result = run_main(["compile", recipe, "-o", out])
+    assert result.code == 2 and result.out == "" and "Traceback" not in result.err, result
+    [line] = result.err.splitlines()
+    assert DIAGNOSTIC.match(line) and line.startswith(f"<-o {out}>:1:1: cannot write"), line
+    assert blocker.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml"]  # no staging folder left behind
