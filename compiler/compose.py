@@ -11,7 +11,7 @@ from typing import Any
 
 from compiler.diagnostics import Diagnostic, Loc, RecipeError, did_you_mean, format_path
 from compiler.located import LocatedList, LocatedMap
-from compiler.schema_walk import annotation_at, is_text
+from compiler.schema_walk import accepts_none, annotation_at, is_text
 from compiler.yaml_load import parse_yaml
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "spec" / "clusters"
@@ -165,6 +165,11 @@ def apply_set(tree: LocatedMap, assignment: str, root_model: Any) -> None:
             raise RecipeError([Diagnostic(where, format_path([*resolved, key]), f"the value {raw!r} is not valid UTF-8 text")]) from None
     else:
         value = parse_yaml(raw, where.file) if raw.strip() else None
+    if value is None and isinstance(parent, LocatedMap) and not accepts_none(root_model, [*resolved, key], tree):
+        # null on a field that cannot be null restores its default: drop the key
+        if last in parent:
+            del parent[last], parent.key_locs[last], parent.value_locs[last]
+        return
     if isinstance(parent, LocatedMap):
         parent.put(last, value, where, where)
     elif isinstance(parent, LocatedList) and isinstance(key, int) and key < len(parent):

@@ -85,6 +85,19 @@ def annotation_at(root: type[BaseModel], parts: Sequence[str | int], tree: Any) 
     return _pick_model(_strip(annotation), data)
 
 
+def accepts_none(root: type[BaseModel], parts: Sequence[str | int], tree: Any) -> bool:
+    """Whether the field at `parts` takes null (an optional block or value), as opposed to only a default."""
+    if not parts:
+        return False
+    parent = annotation_at(root, parts[:-1], tree)
+    if not (isinstance(parent, type) and issubclass(parent, BaseModel)) or not isinstance(parts[-1], str):
+        return True
+    annotation = field_of(parent, parts[-1])
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+
+
 def is_text(annotation: Any) -> bool:
     """Whether a field takes free text (so `--set x=123` means the string '123')."""
     annotation = _strip(annotation)

@@ -174,10 +174,17 @@ def test_set_text_is_never_parsed_as_yaml(tmp_path: Path, text: str) -> None:
     assert plan["recipe"]["description"] == text
 
 
-def test_set_null_on_a_required_text_field_is_a_located_error(tmp_path: Path) -> None:
-    """`null` sets None; a field that is not optional refuses it (it does not fall back to the default)."""
-    [line] = compile_fails(TINY, tmp_path / "out", "description=null")
-    assert line.startswith("<--set description=null>:1:13: description: "), line
+def test_set_null_on_a_field_that_cannot_be_null_restores_its_default(tmp_path: Path) -> None:
+    """`null` clears: an optional block becomes None, a field that cannot be None falls back to its default."""
+    plan = compile_ok(TINY, tmp_path / "out", "description=null")
+    assert plan["recipe"]["description"] == ""
+    plan = compile_ok(TINY, tmp_path / "out", "stages.pretrain.grad_clip=null")
+    assert job(plan, "pretrain")["config"]["optim"]["grad_clip"] is None
+
+
+def test_set_null_on_a_required_field_is_a_located_error(tmp_path: Path) -> None:
+    [line] = compile_fails(TINY, tmp_path / "out", "stages.sft.lr=null")
+    assert line.endswith("stages[3].lr: required field is missing"), line
 
 
 def test_set_steps_null_falls_back_to_tokens(tmp_path: Path) -> None:
