@@ -36,11 +36,16 @@ for _tag, _pattern, _first in _IMPLICIT:
     _RecipeLoader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
 
 
+MAX_INT = 2**63 - 1  # larger integers are never meaningful in a recipe and overflow float arithmetic
+
+
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     text = node.value.replace("_", "")
-    if re.fullmatch(r"[-+]?0[0-9]+", text):  # YAML 1.2: leading zeros are decimal, not octal
-        return int(text, 10)
-    return int(text, 0)
+    # YAML 1.2: leading zeros are decimal, not octal
+    value = int(text, 10) if re.fullmatch(r"[-+]?0[0-9]+", text) else int(text, 0)
+    if abs(value) > MAX_INT:
+        raise ValueError(f"integer out of range (at most {MAX_INT:,} in magnitude)")
+    return value
 
 
 def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
@@ -96,7 +101,7 @@ class _TreeBuilder:
                 value.encode("utf-8")  # a "\ud800" escape gives a lone surrogate, which no output file can hold
             return value
         except (yaml.YAMLError, ValueError) as exc:
-            self.errors.append(Diagnostic(_loc(self.file, node), path, f"bad scalar {node.value!r}: {exc}"))
+            self.errors.append(Diagnostic(_loc(self.file, node), path, f"bad scalar {node.value[:40]!r}{'...' if len(node.value) > 40 else ''}: {exc}"))
             return None
 
     def _sequence(self, node: yaml.SequenceNode, path: str) -> LocatedList:
