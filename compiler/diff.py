@@ -114,11 +114,12 @@ def _metrics(job: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _job_fields(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(fields the hash covers, other fields: group and resources)."""
+    """(fields the hash covers, other fields: description, group and resources)."""
     own = changed_fields(old.get("config"), new.get("config"), "config")
     for key in IDENTITY:
         own += changed_fields(old.get(key), new.get(key), key)
-    other = changed_fields(old.get("group"), new.get("group"), "group")
+    other = changed_fields(old.get("description", ""), new.get("description", ""), "description")
+    other += changed_fields(old.get("group"), new.get("group"), "group")
     other += changed_fields(old.get("resources"), new.get("resources"), "resources")
     return own, other
 

@@ -29,12 +29,14 @@ class Job:
     depends_on: list[str] = field(default_factory=list)
     array: dict[str, int] | None = None
     group: str | None = None  # jobs of one group start together (RL trainer + rollout sidecar)
+    description: str = ""  # the stage's free text: shown in plans and diffs, not hashed
     hash: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "stage": self.stage,
+            "description": self.description,
             "kind": self.kind,
             "entry": self.entry,
             "depends_on": self.depends_on,

@@ -207,7 +207,10 @@ def build_stage_jobs(ctx: PlanContext) -> None:
     for index, stage in enumerate(ctx.recipe.stages):
         # A stage continues the architecture of the stage it starts from (after any context extension).
         model = ctx.stage_model.get(stage.from_ or "", model)
+        first_job = len(ctx.jobs)
         model = STAGE_BUILDERS[stage.kind](ctx, stage, index, model)
+        for job in ctx.jobs[first_job:]:
+            job.description = stage.description
         ctx.stage_model[stage.name] = model
         ctx.stage_job.setdefault(stage.name, stage.name)
     build_mix_jobs(ctx)

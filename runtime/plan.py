@@ -30,6 +30,7 @@ class PlannedJob:
     config: dict[str, Any]
     estimates: dict[str, Any]
     hash: str
+    description: str = ""
 
     @property
     def output_name(self) -> str:
