@@ -61,7 +61,7 @@ class ModelSpec(Spec):
     )
     vocab_size: PositiveInt = Field(description="Tokenizer vocabulary size (embedding rows).")
     d_model: PositiveInt = Field(description="Hidden size.")
-    n_layers: PositiveInt = Field(description="Number of transformer blocks.")
+    n_layers: PositiveInt = Field(le=10_000, description="Number of transformer blocks (at most 10,000).")
     n_heads: PositiveInt = Field(description="Query heads per layer.")
     n_kv_heads: PositiveInt = Field(
         description="Key/value heads per layer: equal to n_heads for MHA, fewer for GQA, 1 for MQA."
