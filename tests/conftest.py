@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import pytest
+from hypothesis import settings
+
+# CI explores the same examples on every run (a red CI must mean a real regression); locally they vary.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
