@@ -164,3 +164,19 @@ def edit(text: str, old: str, new: str, count: int = 1) -> str:
 @pytest.fixture
 def tiny_text() -> str:
     return TINY.read_text(encoding="utf-8")
+
+
+def descendants(plan: dict, job_id: str) -> set[str]:
+    """Every job that depends on `job_id`, directly or through others (from the plan's depends_on)."""
+    children: dict[str, set[str]] = {}
+    for job in plan["jobs"]:
+        for parent in job["depends_on"]:
+            children.setdefault(parent, set()).add(job["id"])
+    out: set[str] = set()
+    todo = [job_id]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import MINIMAL, RECIPES, REPO, TINY, run_main, run_subprocess, subprocess_env
+from conftest import MINIMAL, RECIPES, REPO, TINY, descendants, run_main, run_subprocess, subprocess_env
 
 SHIPPED = sorted(RECIPES.glob("*.yaml"))
 
@@ -79,21 +79,6 @@ def test_in_process_compiles_are_identical(tmp_path: Path) -> None:
 # --- which hashes change ----------------------------------------------------------------------------
 
 
-def descendants(plan: dict[str, Any], job_id: str) -> set[str]:
-    children: dict[str, set[str]] = {}
-    for job in plan["jobs"]:
-        for parent in job["depends_on"]:
-            children.setdefault(parent, set()).add(job["id"])
-    out: set[str] = set()
-    todo = [job_id]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
 def ancestors(plan: dict[str, Any], job_id: str) -> set[str]:
     by_id = {job["id"]: job for job in plan["jobs"]}
     out: set[str] = set()
@@ -134,7 +119,7 @@ def check_lr_change(old: dict[str, Any], new: dict[str, Any], stage: str) -> set
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "midtrain", "long-context", "sft", "dpo", "rlvr"])
-def test_lr_change_moves_exactly_the_stage_and_its_descendants(tmp_path: Path, stage: str) -> None:
+def test_lr_change_moves_exactly_the_stage_and_itsdescendants(tmp_path: Path, stage: str) -> None:
     old = compile_plan(tmp_path, TINY, tag="old")
     new = compile_plan(tmp_path, TINY, f"stages.{stage}.lr=7.5e-4", tag="new")
     [job] = [j for j in new["jobs"] if j["id"] == stage]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import descendants
 
 from compiler.build import compile_recipe
 from compiler.cli import main
@@ -105,24 +106,10 @@ def test_mha_costs_rl_memory_and_gpu_hours(at_root: Path, capsys: pytest.Capture
     assert lines[-2].startswith("Plan: 0 to add, ") and "GPU-hours 1" in lines[-2] and "peak GPUs" in lines[-2]
 
 
-def _descendants(plan: dict[str, Any], root: str) -> set[str]:
-    children: dict[str, set[str]] = {}
-    for job in plan["jobs"]:
-        for parent in job["depends_on"]:
-            children.setdefault(parent, set()).add(job["id"])
-    out, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
 def test_sft_lr_reruns_sft_and_descendants_only(at_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = diff_json(capsys, *TINY_SFT_LR)
     plan = compile_recipe("recipes/tiny-think.yaml").plan
-    below = _descendants(plan, "sft")
+    below = descendants(plan, "sft")
     assert {"dpo", "rlvr"} <= below
     rerun = {j["id"] for j in data["jobs"] if j["reruns"]}
     assert rerun == {"sft"} | below
