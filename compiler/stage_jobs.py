@@ -214,7 +214,18 @@ def build_stage_jobs(ctx: PlanContext) -> None:
         ctx.stage_model[stage.name] = model
         ctx.stage_job.setdefault(stage.name, stage.name)
     build_mix_jobs(ctx)
+    _attach_tokenizer(ctx)
     _check_time_limits(ctx)
+
+
+def _attach_tokenizer(ctx: PlanContext) -> None:
+    """Every job that builds a model of this recipe (trainers, sidecars, proxies) reads the same tokenizer."""
+    tokenizer = ctx.recipe.data.tokenizer
+    if tokenizer is None:
+        ctx.warn(("data",), "no data.tokenizer: the plan compiles, but its jobs cannot be launched without one")
+    for job in ctx.jobs:
+        if "model" in job.config or "proxy" in job.config:
+            job.config["tokenizer"] = tokenizer
 
 
 def _check_time_limits(ctx: PlanContext) -> None:

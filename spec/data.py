@@ -122,5 +122,10 @@ Mix = Annotated[FixedMix | RegMixSearch, Field(discriminator="kind")]
 class DataSpec(Spec):
     """Pretraining sources and how they are mixed."""
 
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer of every model in the recipe: a Hugging Face id or a folder with tokenizer.json "
+        "(relative to the recipe file). Needed to launch; its vocabulary must fit model.vocab_size.",
+    )
     sources: dict[Identifier, Source] = Field(min_length=1, description="Named pretraining sources.")
     mix: Mix = Field(description="Fixed weights or a RegMix search.")

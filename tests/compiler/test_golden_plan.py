@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,19 @@ def test_recompile_replaces_previous_output(tmp_path: Path, capsys: pytest.Captu
     capsys.readouterr()
     assert not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-think"]
+
+
+def test_every_model_job_reads_the_recipe_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compile", str(ROOT / "recipes" / "tiny-think.yaml"), "-o", str(tmp_path)]) == 0
+    assert "no data.tokenizer" not in capsys.readouterr().out
+    plan = json.loads((tmp_path / "tiny-think" / "plan.json").read_text())
+    readers = [job for job in plan["jobs"] if "model" in job["config"] or "proxy" in job["config"]]
+    assert {job["kind"] for job in readers} >= {"pretrain", "sft", "dpo", "rlvr_trainer", "rlvr_rollout", "regmix_swarm"}
+    assert all(job["config"]["tokenizer"] == "../data/toy/tokenizer" for job in readers)
+
+
+def test_a_recipe_without_tokenizer_compiles_with_a_located_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compile", str(ROOT / "recipes" / "tiny-think.yaml"), "-o", str(tmp_path), "--set", "data.tokenizer=null"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "no data.tokenizer" in line]
+    assert len(warnings) == 1
+    assert re.match(r"^\S*tiny-think\.yaml:\d+:\d+: warning: data: no data\.tokenizer", warnings[0]), warnings[0]
