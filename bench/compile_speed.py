@@ -2,7 +2,7 @@
 
     python bench/compile_speed.py [--runs 7]
 
-Needs torch importable by this interpreter (`pip install '.[bench]'`, torch 2.13.0 CPU, from local disk here).
+Needs torch importable by this interpreter: `pip install -e '.[runtime]'` (torch 2.14.1, from local disk here).
 Prints the median of each, their ratio (target: at most 0.25), and the median compile time of a
 generated recipe with a 4,096-proxy swarm and 10 stages (target: under 1 s).
 """
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
     if probe.returncode != 0:
-        sys.exit("torch is not importable by this interpreter: pip install '.[bench]' (torch==2.13.0, CPU)")
+        sys.exit("torch is not importable by this interpreter: pip install -e '.[runtime]'")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "build"
         compile_cmd = [sys.executable, "-m", "compiler.cli", "compile", str(RECIPE), "-o", str(out)]
