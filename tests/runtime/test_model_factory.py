@@ -1,7 +1,7 @@
 """Models built from a recipe's `model` block (runtime/model_factory.py), the CPU compatibility layer
 (runtime/cpu_compat.py) and the Hugging Face export (runtime/hf_export.py).
 
-Needs the runtime environment (torch, torchtitan, safetensors): skipped where they are not installed.
+Needs the runtime environment (`pip install -e '.[test,runtime]'`: torch, torchtitan, safetensors).
 Tiny models only; the published architectures are built on the meta device (no memory, no init).
 Run: `python -m pytest tests/runtime/test_model_factory.py -q -p no:cacheprovider` (add `-m slow` for the
 two-process FSDP check).
@@ -20,23 +20,20 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("torchtitan")
-pytest.importorskip("safetensors")
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from torch.nn.attention.flex_attention import and_masks, create_block_mask  # noqa: E402
-from torchtitan.models.common.attention import (  # noqa: E402
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.nn.attention.flex_attention import and_masks, create_block_mask
+from torchtitan.models.common.attention import (
     FlexAttention, get_causal_mask_mod, get_efficient_causal_mask_mod_for_packed_document)
 
-from compiler.build import compile_recipe  # noqa: E402
-from compiler.estimates import param_counts  # noqa: E402
-from runtime import cpu_compat  # noqa: E402
-from runtime.hf_export import _adapter, export_hf, hf_config  # noqa: E402
-from runtime.model_factory import (  # noqa: E402
+from compiler.build import compile_recipe
+from compiler.estimates import param_counts
+from runtime import cpu_compat
+from runtime.hf_export import _adapter, export_hf, hf_config
+from runtime.model_factory import (
     DenseMaskAttention, ProjectionRMSNorm, RecipeAttention, build_model, build_model_config, build_model_spec)
-from spec.model import ModelSpec  # noqa: E402
+from spec.model import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 

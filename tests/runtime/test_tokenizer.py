@@ -1,7 +1,6 @@
 """The tiny recipe's tokenizer (runtime/tokenizer.py), trained on a scale-0.01 toy world.
 
-Needs the runtime environment (`tokenizers`; `datasets`, `jinja2` and torchtitan for the loading
-checks): skipped where they are not installed.
+Needs the runtime environment (`pip install -e '.[test,runtime]'`: tokenizers, datasets, torchtitan).
 """
 from __future__ import annotations
 
@@ -11,12 +10,10 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("tokenizers")
+from tokenizers import Tokenizer
 
-from tokenizers import Tokenizer  # noqa: E402
-
-from runtime import toyworld as tw  # noqa: E402
-from runtime.tokenizer import (  # noqa: E402
+from runtime import toyworld as tw
+from runtime.tokenizer import (
     CHAT_TEMPLATE, SPECIAL_TOKENS, count_tokens, iter_texts, record_text, render_chat, train_tokenizer)
 
 SCALE = 0.01
@@ -96,7 +93,7 @@ def test_config_files_for_torchtitan_and_transformers(built: tuple[Path, dict[st
 
 
 def test_chat_template_renders_with_jinja() -> None:
-    jinja2 = pytest.importorskip("jinja2")
+    import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     # plain jinja2, and the sandboxed environment transformers and torchtitan use
@@ -113,7 +110,7 @@ def test_chat_template_renders_with_jinja() -> None:
 
 
 def test_torchtitan_loads_the_folder(built: tuple[Path, dict[str, Any]]) -> None:
-    titan = pytest.importorskip("torchtitan.components.tokenizer")
+    import torchtitan.components.tokenizer as titan
     out, _ = built
     tok = titan.HuggingFaceTokenizer(tokenizer_path=str(out / "tokenizer"))
     assert tok.get_vocab_size() == 1024 and (tok.bos_id, tok.eos_id) == (0, 1)
@@ -137,7 +134,7 @@ def test_token_counts_match_the_tokenizer(built: tuple[Path, dict[str, Any]]) ->
 
 def test_datasets_reads_a_source_offline(built: tuple[Path, dict[str, Any]], tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))

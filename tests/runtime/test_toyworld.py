@@ -1,7 +1,7 @@
 """The toy world generator (runtime/toyworld.py): deterministic, held-out splits, correct answers.
 
 Everything here runs at scale 0.01 and needs only the standard library, except the CLI's full run
-(it trains the tokenizer: skipped without `tokenizers`). Tokenizer checks: test_tokenizer.py.
+(it trains the tokenizer, so it needs `tokenizers`). Tokenizer checks: test_tokenizer.py.
 """
 from __future__ import annotations
 
@@ -293,7 +293,6 @@ def test_cli_out_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_cli_builds_everything_and_counts_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("tokenizers")
     assert tw.main([str(tmp_path), "--scale", str(SCALE), "--seed", "3"]) == 0
     printed = capsys.readouterr().out
     manifest = json.loads((tmp_path / "manifest.json").read_text())
