@@ -24,13 +24,21 @@ returns the same names.
   `set_force_sum_reduction_for_comms(True)` on every FSDP module makes it a plain SUM (numerically the same:
   the factor is 1). Patched into `torchtitan.distributed.fsdp.disable_fsdp_gradient_division`, which
   `apply_fsdp_to_decoder` calls once all blocks are sharded.
+- eager_block_mask: `Decoder.get_attention_masks` (called by the Trainer for every batch with `positions`)
+  builds its document BlockMask with a `torch.compile`d `create_block_mask`, which costs 6-19 s of inductor
+  compilation per process on CPU (and recompiles when shapes change). On CPU the mask only feeds
+  `DenseMaskAttention`, so torchtitan's `create_attention_mask` is rebound (in `models.common.attention` and in
+  `models.common.decoder`, which imported it by name) to the eager `create_block_mask`: same BlockMask, no
+  compile. Added for the trainer (runtime/train.py).
+- pg_timeouts_barrier: after the first step the Trainer calls `distributed.utils.set_pg_timeouts`, which runs
+  `barrier(device_ids=[device_module.current_device()])`; `torch.cpu.current_device()` is the string "cpu",
+  which `BarrierOptions.device_ids` rejects (TypeError, 1 or more processes). The patched function does a
+  plain `barrier()` and then sets the same timeouts.
 
 Not patched here, on purpose:
 - FlexAttention has no backward on CPU and needs a BlockMask even when causal: `runtime.model_factory` builds
   CPU models with `DenseMaskAttention` (BlockMask -> dense SDPA mask) instead, so no patch is needed.
-- Left for the trainer work (seen or expected there, not needed to build or run a model):
-  `Decoder.get_attention_masks` compiles `create_block_mask` on first use (about 6-19 s on CPU, once per
-  process); the profiler's memory snapshots (`device_module.memory._record_memory_history`) have no CPU
+- Left for the trainer work (seen or expected there, not needed to build or run a model): the profiler's memory snapshots (`device_module.memory._record_memory_history`) have no CPU
   equivalent: keep `profiling.enable_memory_snapshot` off; `torch.compile` of the model on CPU is untested.
 """
 from __future__ import annotations
@@ -55,6 +63,8 @@ def apply_cpu_compat() -> list[str]:
         _applied.extend(_force_cpu_device())
         _applied.extend(_stub_torch_cpu())
         _applied.extend(_force_sum_reduction())
+        _applied.extend(_eager_block_mask())
+        _applied.extend(_pg_timeouts_plain_barrier())
     return list(_applied)
 
 
@@ -139,3 +149,46 @@ def _force_sum_reduction() -> list[str]:
     disable_fsdp_gradient_division.__wrapped__ = original  # type: ignore[attr-defined]
     titan_fsdp.disable_fsdp_gradient_division = disable_fsdp_gradient_division
     return ["fsdp_force_sum_reduction"]
+
+
+# --------------------------------------------------------------------------- document masks without compile
+
+
+def _eager_block_mask() -> list[str]:
+    """Rebind torchtitan's `create_attention_mask` (compiled `create_block_mask`) to the eager function."""
+    import torchtitan.models.common.attention as titan_attention
+    import torchtitan.models.common.decoder as titan_decoder
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    original = titan_attention.create_attention_mask
+
+    def create_attention_mask(*args: Any, **kwargs: Any) -> Any:
+        return create_block_mask(*args, **kwargs)
+
+    create_attention_mask.__wrapped__ = original  # type: ignore[attr-defined]
+    for module in (titan_attention, titan_decoder):
+        if getattr(module, "create_attention_mask", None) is original:
+            module.create_attention_mask = create_attention_mask
+    return ["eager_block_mask"]
+
+
+# --------------------------------------------------------------------------- barrier without device ids
+
+
+def _pg_timeouts_plain_barrier() -> list[str]:
+    """Replace `set_pg_timeouts` with one whose barrier takes no CUDA device ids (gloo on CPU)."""
+    import torch.distributed as dist
+    import torchtitan.distributed.utils as titan_dist_utils
+
+    original = titan_dist_utils.set_pg_timeouts
+
+    def set_pg_timeouts(timeout: Any, parallel_dims: Any) -> None:
+        dist.barrier()
+        groups = [mesh.get_group() for mesh in parallel_dims.get_all_one_dimensional_meshes().values()] + [None]
+        for group in groups:
+            dist.distributed_c10d._set_pg_timeout(timeout, group) if not hasattr(dist, "set_timeout") \
+                else dist.set_timeout(timeout, group)
+
+    set_pg_timeouts.__wrapped__ = original  # type: ignore[attr-defined]
+    titan_dist_utils.set_pg_timeouts = set_pg_timeouts
+    return ["pg_timeouts_barrier"]

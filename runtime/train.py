@@ -1,0 +1,134 @@
+"""Language-model training jobs (pretrain, midtrain, long_context) through torchtitan's Trainer.
+
+Entry for the plan (`entry: runtime.train:run_lm`):
+
+    python -m runtime.run_job --config build/<name>/jobs/<id>/config.json --entry runtime.train:run_lm
+
+`run_lm(job)`: job = the parsed config.json. Writes into `runtime.outputs.output_dir(job)` ($RECIPE_OUTPUT_DIR, else
+runs/<recipe>/<id>-<hash12>/): metrics.jsonl, checkpoint/step-N (DCP), hf/ (safetensors + config.json + tokenizer
+files), and last, atomically, DONE.json (final loss, per-source held-out loss and bits-per-byte). A job whose
+DONE.json exists returns at once; a job with checkpoints resumes from the latest (kill it and run it again).
+
+Init: `{"kind": "random"}`; `{"kind": "stage", "job": ID}` loads ID's `hf/` export from `$RECIPE_INPUT_<ID>`;
+`{"kind": "path", "path": DIR}` a Hugging Face folder (relative to the recipe). long_context uses its own model
+block (new max_seq_len, RoPE scaling) with the parent's weights.
+
+Single process here; `scale.processes > 1` needs torchrun (`torchrun --nproc_per_node N -m runtime.run_job ...`):
+without it run_lm refuses rather than silently running on one process.
+Test: `python -m pytest tests/runtime/test_train.py -q`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from runtime.cpu_compat import apply_cpu_compat
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+LM_KINDS = ("pretrain", "midtrain", "long_context")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _single_process_env(job: Mapping[str, Any]) -> None:
+    processes = int(job["config"]["scale"].get("processes", 1))
+    if "WORLD_SIZE" in os.environ:
+        if int(os.environ["WORLD_SIZE"]) != processes:
+            raise RuntimeError(f"job {job['id']}: plan says {processes} processes, launched with "
+                               f"WORLD_SIZE={os.environ['WORLD_SIZE']}")
+        return
+    if processes != 1:
+        raise RuntimeError(f"job {job['id']}: scale.processes={processes}: launch it with torchrun "
+                           f"--nproc_per_node {processes} (single-process runs only without it)")
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+
+
+def init_hf_folder(job: Mapping[str, Any]) -> Path | None:
+    """The Hugging Face folder to start from, or None for a random init."""
+    from runtime.lm_data import resolve_path
+    from runtime.outputs import input_dir
+
+    init = job["config"].get("init") or {"kind": "random"}
+    kind = init.get("kind", "random")
+    if kind == "random":
+        return None
+    if kind == "stage":
+        folder = input_dir(init["job"], needed_by=f"job {job['id']} (init from stage)") / "hf"
+    elif kind == "path":
+        folder = Path(resolve_path(job, init["path"]))
+    else:
+        raise NotImplementedError(f"job {job['id']}: init kind {kind!r} not supported (random, stage, path)")
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"job {job['id']}: init weights {folder}/model.safetensors not found")
+    return folder
+
+
+def run_lm(job: dict[str, Any]) -> None:
+    """Train one LM job to completion (or resume it), export it, evaluate it, mark it DONE."""
+    if job["kind"] not in LM_KINDS:
+        raise ValueError(f"run_lm runs {LM_KINDS}, not {job['kind']!r}")
+    apply_cpu_compat()
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from runtime.hf_export import export_hf
+    from runtime.lm_data import resolve_sources, resolve_weights, source_texts
+    from runtime.model_factory import build_model
+    from runtime.outputs import MetricsWriter, atomic_write_json, output_dir, read_done, write_done
+    from runtime.titan_config import build_trainer_config, model_spec_of
+
+    out = output_dir(job)
+    if read_done(out) is not None:
+        print(f"{job['id']}: already done ({out / 'DONE.json'})")
+        return
+    weights = resolve_weights(job)  # fails early and clearly when a producer's output is missing
+    init = init_hf_folder(job)
+    _single_process_env(job)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "job.json", job)
+    config = build_trainer_config(job, out, init_hf_path=init, weights=weights)
+    started = time.time()
+    trainer = config.build()
+    rank = torch.distributed.get_rank()
+    try:
+        trainer.train()
+        train_s = time.time() - started
+        final = dict(trainer.last_metrics)
+        spec = model_spec_of(job)
+        sources = resolve_sources(job)
+        held_out = {name: source_texts(s, s.get("eval_split") or "validation") for name, s in sources.items()
+                    if s.get("eval_split") or s.get("path")}
+        evals = trainer.evaluate(held_out)
+        state = trainer.full_state_dict()
+        if rank == 0:
+            model = build_model(spec, device="cpu")
+            model.load_state_dict(state)
+            tokenizer = trainer.tokenizer
+            hf = out / "hf"
+            export_hf(model, spec, hf, extra_config={"bos_token_id": tokenizer.bos_id,
+                                                     "eos_token_id": tokenizer.eos_id})
+            for name in TOKENIZER_FILES:
+                src = Path(config.hf_assets_path) / name
+                if src.is_file():
+                    shutil.copy2(src, hf / name)
+            writer = MetricsWriter(out / "metrics.jsonl")
+            writer.write({"step": trainer.step, "eval": evals})
+            writer.close()
+            write_done(out, {"job": job["id"], "kind": job["kind"], "hash": job["hash"], "step": trainer.step,
+                             "final_loss": final.get("loss"), "final_metrics": final, "eval": evals,
+                             "weights": weights, "train_seconds": round(train_s, 2), "hf": str(hf),
+                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    finally:
+        trainer.close()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
