@@ -5,6 +5,7 @@
     recipe diff A B [--format text|markdown|json] [--set ...] [--set-old ...] [--set-new ...]   (A, B: files or REV:path)
     recipe git-diff PATH OLD_FILE OLD_HEX OLD_MODE NEW_FILE NEW_HEX NEW_MODE   (git external diff driver)
     recipe schema
+    recipe launch R.yaml|build/<name>/plan.json [--executor local] [--dry-run] [--force] [--runs DIR] [--only JOB ...]
 
 User mistakes print one `file:line:col: path: message` line each and exit 2.
 """
@@ -57,16 +58,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("new_mode", nargs="?")
     p.add_argument("rename", nargs="*", help="for renames: the new path and git's similarity message")
     sub.add_parser("schema", help="print the recipe JSON Schema")
+    p = sub.add_parser(
+        "launch", help="run a recipe's (or a plan.json's) jobs in dependency order, with caching",
+        description="Compile R.yaml into BUILD/<name>/ (a plan.json runs as is, never re-resolved) and run its jobs "
+                    "into RUNS/<name>/<id>-<hash12>/. A job whose folder holds DONE.json is cached. Only jobs that will "
+                    "run need their entry: a missing one fails the launch before anything starts (exit 2).")
+    p.add_argument("target", metavar="R.yaml|plan.json")
+    p.add_argument("--executor", default="local", help="where jobs run (default: local)")
+    p.add_argument("--dry-run", action="store_true", help="print what would run, what is cached and why; start nothing")
+    p.add_argument("--force", action="store_true", help="rerun jobs even when DONE.json is present (with --only: the named jobs)")
+    p.add_argument("--runs", default="runs", help="run folder (default: runs); writes RUNS/<name>/")
+    p.add_argument("--only", nargs="+", metavar="JOB", help="run these jobs and their ancestors that are not cached")
+    p.add_argument("--build", default="build", help="where a recipe is compiled to (default: build)")
+    _add_sets(p)
     return parser
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
+def _compile_to(recipe: str, sets: list[str], output: str) -> tuple[dict[str, Any], Path]:
+    """Compile `recipe` and write OUTPUT/<name>/ (plan.json, jobs/); return the plan and that folder."""
     from compiler.build import compile_recipe
     from compiler.render import job_files, write_atomically
-    from compiler.summary import compile_summary
 
-    compiled = compile_recipe(args.recipe, args.sets)
-    target = Path(args.output) / compiled.recipe.name
+    compiled = compile_recipe(recipe, sets)
+    target = Path(output) / compiled.recipe.name
     plan = dict(compiled.plan)
     plan["recipe_dir"] = os.path.relpath(compiled.path.resolve().parent, target.resolve())
     try:
@@ -74,9 +88,39 @@ def cmd_compile(args: argparse.Namespace) -> int:
     except OSError as exc:  # -o names a file, or a folder that cannot be written
         from compiler.diagnostics import Diagnostic, Loc
 
-        raise RecipeError([Diagnostic(Loc(f"<-o {args.output}>", 1, 1), "", f"cannot write {target}: {exc.strerror or exc}")]) from None
+        raise RecipeError([Diagnostic(Loc(f"<-o {output}>", 1, 1), "", f"cannot write {target}: {exc.strerror or exc}")]) from None
+    return plan, target
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from compiler.summary import compile_summary
+
+    plan, target = _compile_to(args.recipe, args.sets, args.output)
     print(compile_summary(plan, target))
     return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    """Compile (a recipe) or take (a plan.json), then run it; the runtime is imported here, never at module import."""
+    if args.target.endswith(".json"):
+        if args.sets:
+            print("recipe launch: --set applies to recipes, not to a compiled plan.json", file=sys.stderr)
+            return EXIT_USER_ERROR
+        plan_path = Path(args.target)
+    else:
+        from compiler.summary import compile_summary
+
+        plan, target = _compile_to(args.target, args.sets, args.build)
+        print(compile_summary(plan, target))
+        plan_path = target / "plan.json"
+    from runtime.launch import LaunchError, launch
+
+    try:
+        return launch(plan_path, executor=args.executor, runs=args.runs, force=args.force, only=args.only, dry_run=args.dry_run)
+    except LaunchError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -118,6 +162,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "diff": cmd_diff,
     "git-diff": cmd_git_diff,
     "schema": cmd_schema,
+    "launch": cmd_launch,
 }
 
 

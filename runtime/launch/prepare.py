@@ -1,0 +1,184 @@
+"""Before a launch starts anything: decide what runs and why, and check that it can run.
+
+Rules (also in `recipe launch --help`):
+- A job's output folder is `RUNS/<recipe>/<id>-<hash[:12]>/`; it is *cached* when it holds `DONE.json`
+  (the job writes it last), unless `--force`.
+- `--only JOB ...` runs those jobs plus every ancestor of theirs that is not cached; the rest is
+  "skipped". Without `--only` every job is selected.
+- An RL group (jobs sharing `group`) is one unit: if any member runs, all of them run, together.
+- Only jobs that will run need their entry: a selected, uncached job whose entry the runtime lacks fails
+  the launch up front (`<job>: not implemented yet: <kind> (<entry>)`), as do missing local
+  tokenizer / data paths (resolved against the plan's recipe_dir). Cached and skipped jobs are not checked.
+"""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from compiler.plan import FORMAT_VERSION
+from runtime.plan import Plan, PlannedJob
+
+DONE = "DONE.json"
+REPO = Path(__file__).resolve().parents[2]
+
+
+class LaunchError(Exception):
+    """User-facing launch problems: one line each; the CLI prints them and exits 2."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+@dataclass
+class Decision:
+    """What the launch does with one job and why."""
+
+    job: PlannedJob
+    output_dir: Path
+    action: str  # "run" | "cached" | "skipped"
+    why: str
+
+
+@dataclass
+class LaunchPlan:
+    plan: Plan
+    run_dir: Path  # RUNS/<recipe>
+    decisions: dict[str, Decision] = field(default_factory=dict)
+
+    def to_run(self) -> list[PlannedJob]:
+        return [d.job for d in self.decisions.values() if d.action == "run"]
+
+    def output_dir(self, job_id: str) -> Path:
+        return self.decisions[job_id].output_dir
+
+
+def env_name(job_id: str) -> str:
+    """RECIPE_INPUT_<ID>: the job id upper-cased, '-' (and any other non-alphanumeric) -> '_'."""
+    return "RECIPE_INPUT_" + "".join(c if c.isalnum() else "_" for c in job_id.upper())
+
+
+def decide(plan: Plan, runs: Path, *, force: bool = False, only: list[str] | None = None) -> LaunchPlan:
+    """Cached / run / skipped for every job, with the reason (see the module docstring for the rules)."""
+    run_dir = (runs / plan.name).resolve()
+    ids = {job.id for job in plan.jobs}
+    unknown = [j for j in only or [] if j not in ids]
+    if unknown:
+        raise LaunchError([f"--only: no job {j!r} in {plan.path} (jobs: {', '.join(sorted(ids))})" for j in unknown])
+    done = {job.id: (run_dir / job.output_name / DONE).is_file() for job in plan.jobs}
+    selected = set(ids)
+    if only:
+        selected = set()
+        todo = list(only)
+        while todo:
+            job = plan.job(todo.pop())
+            if job.id in selected:
+                continue
+            selected.add(job.id)
+            todo += [p for p in job.depends_on if not done[p]]
+            if job.group:
+                todo += [j.id for j in plan.jobs if j.group == job.group]
+    named = set(only or ids)
+    out = LaunchPlan(plan, run_dir)
+    for job in plan.jobs:
+        folder = run_dir / job.output_name
+        if job.id not in selected:
+            action, why = ("cached", f"{DONE} present") if done[job.id] else ("skipped", "not selected (--only)")
+        elif force and job.id in named:
+            action, why = "run", "--force"
+        elif done[job.id]:
+            action, why = "cached", f"{DONE} present"
+        else:
+            action, why = "run", "no output yet" if not folder.exists() else f"no {DONE} (unfinished or failed before)"
+        out.decisions[job.id] = Decision(job, folder, action, why)
+    # A group runs as one: a cached member reruns with the others.
+    for decision in out.decisions.values():
+        if decision.action == "cached" and decision.job.group:
+            if any(d.action == "run" and d.job.group == decision.job.group for d in out.decisions.values()):
+                decision.action, decision.why = "run", f"group {decision.job.group} runs together"
+    return out
+
+
+def _local_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """(field path, value) of every local path in a job config: `tokenizer` values that look like
+    paths (./ ../ / ~) and every `path` of a data source (Hugging Face ids live under `hf`)."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            here = f"{where}.{key}" if where else key
+            if key == "path" and isinstance(value, str):
+                yield here, value
+            elif key == "tokenizer" and isinstance(value, str) and value.startswith(("./", "../", "/", "~")):
+                yield here, value
+            else:
+                yield from _local_paths(value, here)
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            yield from _local_paths(value, f"{where}[{i}]")
+
+
+def preflight(launch: LaunchPlan) -> None:
+    """Raise LaunchError listing every job that would run but cannot: missing entry, missing local paths."""
+    from runtime.run_job import resolve_entry
+
+    problems: list[str] = []
+    for job in launch.to_run():
+        try:
+            function = resolve_entry(job.entry)
+        except Exception as exc:  # noqa: BLE001 - a broken module is reported, not raised
+            problems.append(f"{job.id}: cannot import {job.entry}: {exc.__class__.__name__}: {exc}")
+        else:
+            if function is None:
+                problems.append(f"{job.id}: not implemented yet: {job.kind} ({job.entry})")
+        for field_path, value in _local_paths(job.config):
+            resolved = (launch.plan.recipe_dir / Path(value).expanduser()).resolve()
+            if not resolved.exists():
+                problems.append(f"{job.id}: {field_path}: {value} not found (looked for {resolved})")
+    if problems:
+        raise LaunchError(problems)
+
+
+def git_provenance(repo: Path = REPO) -> dict[str, str | None]:
+    """The code's git commit and the sha256 of `git diff HEAD` (uncommitted changes; sha of b'' when clean)."""
+    def git(*args: str) -> bytes | None:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, check=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "HEAD")
+    diff = git("diff", "HEAD")
+    return {
+        "repo": str(repo),
+        "commit": head.decode().strip() if head else None,
+        "diff_sha256": hashlib.sha256(diff).hexdigest() if diff is not None else None,
+        "dirty": bool(diff) if diff is not None else None,
+    }
+
+
+def job_config(plan: Plan, job: PlannedJob) -> dict[str, Any]:
+    """The job's config.json as `recipe compile` writes it, from the plan (what runs is the plan), with an
+    absolute recipe_dir so paths resolve from the output folder."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "recipe": plan.name,
+        "recipe_dir": str(plan.recipe_dir),
+        "id": job.id, "stage": job.stage, "kind": job.kind, "entry": job.entry, "hash": job.hash,
+        "depends_on": list(job.depends_on), "array": job.array, "group": job.group,
+        "resources": job.resources, "config": job.config,
+    }
+
+
+def job_env(launch: LaunchPlan, job: PlannedJob) -> dict[str, str]:
+    """RECIPE_OUTPUT_DIR, RECIPE_INPUT_<PARENT> for each parent, RECIPE_RUN_DIR, RECIPE_JOB_ID."""
+    env = {
+        "RECIPE_OUTPUT_DIR": str(launch.output_dir(job.id)),
+        "RECIPE_RUN_DIR": str(launch.run_dir),
+        "RECIPE_JOB_ID": job.id,
+        "RECIPE_RECIPE_DIR": str(launch.plan.recipe_dir),
+    }
+    for parent in job.depends_on:
+        env[env_name(parent)] = str(launch.output_dir(parent))
+    return env

@@ -1,0 +1,183 @@
+"""`recipe launch` with the local executor (submitit's LocalExecutor), on a real compiled plan whose
+entries are rewritten to the test entries in tests/runtime/launch_entries.py: this checks the executor
+(order, inputs, caching, failures, groups, state and report), not training."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, TINY, run_main
+
+HERE = Path(__file__).resolve().parent
+TOY = ["arithmetic", "words", "code", "text", "sft", "prompts", "rl", "tokenizer"]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-think (3 swarm proxies) compiled in a scratch tree with empty toy-world folders: its plan.json."""
+    root = tmp_path_factory.mktemp("launch")
+    (root / "recipes").mkdir()
+    shutil.copy(TINY, root / "recipes" / TINY.name)
+    for name in TOY:
+        (root / "data" / "toy" / name).mkdir(parents=True)
+    result = run_main(["compile", root / "recipes" / TINY.name, "-o", root / "build", "--set", "data.mix.swarm_size=3"])
+    assert result.code == 0, result.err
+    return root / "build" / "tiny-think" / "plan.json"
+
+
+@pytest.fixture(autouse=True)
+def entries_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The jobs' processes import launch_entries (and the repo) through PYTHONPATH."""
+    monkeypatch.setenv("PYTHONPATH", f"{REPO}:{HERE}")
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+def write_plan(compiled: Path, name: str, entries: dict[str, str] | None = None, edit: Any = None) -> Path:
+    """A copy of the plan beside the original (so recipe_dir still resolves), entries -> test entries."""
+    plan = json.loads(compiled.read_text())
+    for job in plan["jobs"]:
+        job["entry"] = "launch_entries:group_member" if job["group"] else "launch_entries:record"
+        job["entry"] = (entries or {}).get(job["id"], job["entry"])
+    if edit:
+        edit(plan)
+    path = compiled.with_name(f"plan-{name}.json")
+    path.write_text(json.dumps(plan, indent=2))
+    return path
+
+
+def launch(plan: Path, runs: Path, *extra: object) -> Any:
+    result = run_main(["launch", plan, "--runs", runs, *extra])
+    state_file = runs / "tiny-think" / "state.json"
+    if state_file.exists():
+        json.loads(state_file.read_text())  # valid JSON after every launch
+    return result
+
+
+def state(runs: Path) -> dict[str, dict[str, Any]]:
+    return json.loads((runs / "tiny-think" / "state.json").read_text())["jobs"]
+
+
+def records(runs: Path, job_id: str) -> list[dict[str, Any]]:
+    folder = Path(state(runs)[job_id]["output_dir"])
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("record.*.json"))]
+
+
+def calls(runs: Path, job_id: str) -> int:
+    log = Path(state(runs)[job_id]["output_dir"]) / "calls.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_runs_in_dependency_order_with_inputs_groups_and_provenance(compiled: Path, tmp_path: Path) -> None:
+    plan_path = write_plan(compiled, "order")
+    plan = json.loads(plan_path.read_text())
+    result = launch(plan_path, tmp_path)
+    assert result.code == 0, result.out + result.err
+    jobs = state(tmp_path)
+    assert {j["state"] for j in jobs.values()} == {"done"}
+    for job in plan["jobs"]:
+        mine = records(tmp_path, job["id"])
+        assert len(mine) == (job["array"]["size"] if job["array"] else 1)
+        out = jobs[job["id"]]["output_dir"]
+        assert Path(out).name == f"{job['id']}-{job['hash'][:12]}"
+        for rec in mine:
+            assert rec["env"]["RECIPE_OUTPUT_DIR"] == out
+            for parent in job["depends_on"]:
+                key = "RECIPE_INPUT_" + parent.upper().replace("-", "_")
+                assert rec["env"][key] == jobs[parent]["output_dir"]
+                assert rec["start"] >= max(r["end"] for r in records(tmp_path, parent))
+            assert rec["pgid"] == rec["pid"]  # its own process group
+        config = json.loads((Path(out) / "config.json").read_text())
+        assert config["hash"] == job["hash"] and config["config"] == job["config"]
+        provenance = json.loads((Path(out) / "job.json").read_text())["git"]
+        assert len(provenance["commit"]) == 40 and len(provenance["diff_sha256"]) == 64
+    # RL groups start together: each member waited for the other (group_member) and their runs overlap.
+    for group in {j["group"] for j in plan["jobs"] if j["group"]}:
+        members = [records(tmp_path, j["id"])[0] for j in plan["jobs"] if j["group"] == group]
+        assert len(members) == 2 and max(m["start"] for m in members) < min(m["end"] for m in members)
+    report = json.loads((tmp_path / "tiny-think" / "report.json").read_text())
+    assert report["ok"] and report["jobs"]["sft"]["final_loss"] == 1.25
+    assert "loss 1.2500" in result.out
+
+
+def test_cache_dry_run_force_and_one_edited_hash(compiled: Path, tmp_path: Path) -> None:
+    plan_path = write_plan(compiled, "cache")
+    dry = launch(plan_path, tmp_path, "--dry-run")
+    assert dry.code == 0 and "no output yet" in dry.out and not tmp_path.joinpath("tiny-think").exists()
+    assert launch(plan_path, tmp_path).code == 0
+    ids = list(state(tmp_path))
+    assert launch(plan_path, tmp_path).code == 0
+    assert {j["state"] for j in state(tmp_path).values()} == {"cached"}
+    assert all(calls(tmp_path, j) == (3 if j == "mix-swarm" else 1) for j in ids)
+    dry = launch(plan_path, tmp_path, "--dry-run", "--force")
+    assert dry.code == 0 and "--force" in dry.out
+    assert "DONE.json present" in launch(plan_path, tmp_path, "--dry-run").out
+    assert launch(plan_path, tmp_path, "--force", "--only", "sft").code == 0
+    assert [j for j in ids if state(tmp_path)[j]["state"] == "done"] == ["sft"]
+
+    def edit(plan: dict[str, Any]) -> None:
+        next(j for j in plan["jobs"] if j["id"] == "dpo")["hash"] = "f" * 64
+
+    edited = write_plan(compiled, "cache-edited", edit=edit)
+    assert launch(edited, tmp_path).code == 0
+    ran = [j for j, s in state(tmp_path).items() if s["state"] == "done"]
+    assert ran == ["dpo"] and calls(tmp_path, "dpo") == 1 and state(tmp_path)["dpo"]["output_dir"].endswith("dpo-ffffffffffff")
+
+
+def test_a_failing_job_cancels_its_dependents(compiled: Path, tmp_path: Path) -> None:
+    plan_path = write_plan(compiled, "fail", {"long-context": "launch_entries:fail"})
+    result = launch(plan_path, tmp_path)
+    assert result.code != 0
+    jobs = state(tmp_path)
+    assert jobs["long-context"]["state"] == "failed" and "boom" in jobs["long-context"]["reason"]
+    for job_id in ["sft", "dpo-delta-pairs", "dpo", "rlvr", "rlvr-rollout"]:
+        assert jobs[job_id]["state"] == "cancelled", job_id
+        assert calls(tmp_path, job_id) == 0
+    assert all(jobs[j]["state"] == "done" for j in ["mix-swarm", "mix-fit", "mix-solve", "pretrain", "midtrain"])
+    assert json.loads((tmp_path / "tiny-think" / "report.json").read_text())["ok"] is False
+    assert not (Path(jobs["long-context"]["output_dir"]) / "DONE.json").exists()
+
+
+def test_missing_entries_fail_up_front_unless_not_run(compiled: Path, tmp_path: Path) -> None:
+    plan_path = write_plan(compiled, "missing", {"dpo": "runtime.nope:run_dpo", "rlvr": "launch_entries:no_such_function"})
+    result = launch(plan_path, tmp_path)
+    assert result.code == 2
+    assert result.err_lines == [
+        "dpo: not implemented yet: dpo (runtime.nope:run_dpo)",
+        "rlvr: not implemented yet: rlvr_trainer (launch_entries:no_such_function)",
+    ]
+    assert not (tmp_path / "tiny-think").exists()
+    assert launch(plan_path, tmp_path, "--dry-run").code == 2
+    # Jobs outside --only (and not ancestors of it) are not run, so they need no entry.
+    result = launch(plan_path, tmp_path, "--only", "mix-fit")
+    assert result.code == 0, result.err
+    jobs = state(tmp_path)
+    assert [j for j, s in jobs.items() if s["state"] == "done"] == ["mix-swarm", "mix-fit"]
+    assert jobs["dpo"]["state"] == "skipped"
+
+
+def test_missing_local_paths_fail_up_front(compiled: Path, tmp_path: Path) -> None:
+    def edit(plan: dict[str, Any]) -> None:
+        next(j for j in plan["jobs"] if j["id"] == "sft")["config"]["tokenizer"] = "../data/toy/missing-tokenizer"
+
+    result = launch(write_plan(compiled, "paths", edit=edit), tmp_path)
+    assert result.code == 2
+    assert len(result.err_lines) == 1 and result.err_lines[0].startswith("sft: tokenizer: ../data/toy/missing-tokenizer not found")
+    assert not (tmp_path / "tiny-think").exists()
+
+
+def test_launching_a_recipe_compiles_it_first(compiled: Path, tmp_path: Path) -> None:
+    recipe = compiled.parents[2] / "recipes" / TINY.name
+    result = run_main(["launch", recipe, "--build", tmp_path / "build", "--runs", tmp_path / "runs", "--dry-run",
+                       "--set", "data.mix.swarm_size=3"])
+    assert (tmp_path / "build" / "tiny-think" / "plan.json").exists()
+    from runtime.run_job import resolve_entry
+
+    plan = json.loads((tmp_path / "build" / "tiny-think" / "plan.json").read_text())
+    missing = [f"{j['id']}: not implemented yet: {j['kind']} ({j['entry']})" for j in plan["jobs"] if resolve_entry(j["entry"]) is None]
+    assert result.code == (2 if missing else 0)
+    assert all(line in result.err_lines for line in missing)
+    assert not (tmp_path / "runs").exists()
