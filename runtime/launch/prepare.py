@@ -124,6 +124,7 @@ def preflight(launch: LaunchPlan) -> None:
     from runtime.run_job import resolve_entry
 
     problems: list[str] = []
+    missing: dict[Path, list[str]] = {}  # each missing path once: "<first job>: <field>: <value> not found (...)"
     for job in launch.to_run():
         try:
             function = resolve_entry(job.entry)
@@ -135,7 +136,12 @@ def preflight(launch: LaunchPlan) -> None:
         for field_path, value in _local_paths(job.config):
             resolved = (launch.plan.recipe_dir / Path(value).expanduser()).resolve()
             if not resolved.exists():
-                problems.append(f"{job.id}: {field_path}: {value} not found (looked for {resolved})")
+                if resolved not in missing:
+                    missing[resolved] = [f"{job.id}: {field_path}: {value} not found (looked for {resolved}"]
+                elif job.id not in missing[resolved]:
+                    missing[resolved].append(job.id)
+    for first, *others in missing.values():
+        problems.append(first + (f"; also needed by {', '.join(others)})" if others else ")"))
     if problems:
         raise LaunchError(problems)
 
