@@ -80,6 +80,7 @@ def run_lm(job: dict[str, Any]) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
+    from torchtitan.tools.logging import init_logger, logger
 
     from runtime.hf_export import export_hf
     from runtime.lm_data import resolve_sources, resolve_weights, source_texts
@@ -96,6 +97,7 @@ def run_lm(job: dict[str, Any]) -> None:
     _single_process_env(job)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "job.json", job)
+    init_logger()
     config = build_trainer_config(job, out, init_hf_path=init, weights=weights)
     started = time.time()
     trainer = config.build()
@@ -109,6 +111,8 @@ def run_lm(job: dict[str, Any]) -> None:
         held_out = {name: source_texts(s, s.get("eval_split") or "validation") for name, s in sources.items()
                     if s.get("eval_split") or s.get("path")}
         evals = trainer.evaluate(held_out)
+        logger.info(f"{job['id']}: held-out " + ", ".join(f"{k} loss {v['loss']:.3f} bpb {v['bpb']:.3f}"
+                                                          for k, v in evals.items()))
         state = trainer.full_state_dict()
         if rank == 0:
             model = build_model(spec, device="cpu")
