@@ -11,12 +11,15 @@ in `$RECIPE_INPUT_<JOBID>`; the file holds `{"weights": {name: w}}` or `{name: w
   `datasets.load_dataset("json", data_files=...)` (offline: HF_DATASETS_OFFLINE=1); a file is read as is; `hf`
   is a hub id (`load_dataset(hf, subset, split=split)`).
 - `MixtureDataset`: every document is drawn from a source chosen at random by weight (`random.Random`, seeded by
-  the job's seed and the data-parallel rank); each source is read in a shuffled order (seeded per epoch) and
+  the job's seed); each source is read in a shuffled order (seeded per epoch) and
   re-looped when it runs out, so the stream is infinite and deterministic. Documents are tokenized as
   `<bos> text <eos>`, shifted within the document (the last token of a document never predicts the next one's
   first) and packed into rows of `seq_len` tokens with per-document `positions` (restarting at 0 at every
   document start): torchtitan's `Decoder.get_attention_masks(positions)` turns them into a block-causal
-  document mask (FlexAttention on GPU, `DenseMaskAttention` on CPU). Its state (RNG, per-source read positions,
+  document mask (FlexAttention on GPU, `DenseMaskAttention` on CPU). Data parallelism: every rank builds the
+  same global stream of rows and keeps rows `rank, rank + W, ...`, so a step sees the same rows whatever the
+  number of processes (a 2-process run matches the 1-process loss curve); each rank tokenizes the whole stream,
+  which is cheap next to training at these sizes but is the first thing to shard for big corpora. Its state (RNG, per-source read positions,
   the partial row) is saved in torchtitan's checkpoints, so a resumed job sees exactly the same data.
 - `MixtureDataLoader`: torchtitan's `ParallelAwareDataloader` over it; `MixtureDataLoader.Config` is what
   `Trainer.Config.dataloader` takes (built by `runtime.titan_config`).
@@ -121,7 +124,8 @@ def source_texts(spec: Mapping[str, Any], split: str | None = None) -> list[str]
 class MixtureDataset(IterableDataset, Stateful):
     """Weighted document mixture packed into `seq_len` rows: yields `({"input", "positions"}, labels)`.
 
-    sources: name -> list of texts (already this rank's shard is taken inside). Deterministic in `seed`.
+    texts: name -> list of documents. Deterministic in `seed`; rank `dp_rank` of `dp_world_size` keeps every
+    `dp_world_size`-th row of the one global stream.
     """
 
     def __init__(self, texts: Mapping[str, list[str]], weights: Mapping[str, float], tokenizer: Any, seq_len: int,
@@ -131,9 +135,11 @@ class MixtureDataset(IterableDataset, Stateful):
         if missing:
             raise ValueError(f"mixture sources without documents: {missing}")
         self.weights = [float(weights[n]) for n in self.names]
-        self.texts = {n: list(texts[n])[dp_rank::dp_world_size] or list(texts[n]) for n in self.names}
-        self.tokenizer, self.seq_len, self.seed, self.dp_rank = tokenizer, seq_len, seed, dp_rank
-        self._rng = random.Random(f"mixture-{seed}-{dp_rank}")
+        self.texts = {n: list(texts[n]) for n in self.names}
+        self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
+        self.dp_rank, self.dp_world_size = dp_rank, dp_world_size
+        self._rng = random.Random(f"mixture-{seed}")
+        self._row = 0  # index of the next row of the global stream
         self._cursor = {n: 0 for n in self.names}
         self._epoch = {n: 0 for n in self.names}
         self._orders: dict[str, list[int]] = {}
@@ -146,7 +152,7 @@ class MixtureDataset(IterableDataset, Stateful):
         key = f"{name}:{self._epoch[name]}"
         if self._orders.get(name, [None])[0] != key:  # type: ignore[index]
             order = list(range(len(self.texts[name])))
-            random.Random(f"order-{self.seed}-{self.dp_rank}-{key}").shuffle(order)
+            random.Random(f"order-{self.seed}-{key}").shuffle(order)
             self._orders[name] = [key, *order]  # type: ignore[list-item]
         return self._orders[name][1:]  # type: ignore[return-value]
 
@@ -184,16 +190,19 @@ class MixtureDataset(IterableDataset, Stateful):
                     "positions": torch.tensor(positions, dtype=torch.long)},
                    torch.tensor(self._labels[:n], dtype=torch.long))
             del self._inputs[:n], self._labels[:n], self._positions[:n]
-            yield row
+            self._row += 1
+            if (self._row - 1) % self.dp_world_size == self.dp_rank:
+                yield row
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self._rng.getstate(), "cursor": dict(self._cursor), "epoch": dict(self._epoch),
+        return {"row": self._row, "rng": self._rng.getstate(), "cursor": dict(self._cursor), "epoch": dict(self._epoch),
                 "doc_counts": dict(self.doc_counts), "inputs": list(self._inputs), "labels": list(self._labels),
                 "positions": list(self._positions)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rng = state["rng"]
         self._rng.setstate((rng[0], tuple(rng[1]), rng[2]))
+        self._row = int(state["row"])
         self._cursor, self._epoch = dict(state["cursor"]), dict(state["epoch"])
         self.doc_counts = dict(state["doc_counts"])
         self._inputs, self._labels = list(state["inputs"]), list(state["labels"])

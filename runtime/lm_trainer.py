@@ -6,6 +6,10 @@ resume from the latest at `train()` start) and metrics are torchtitan's own. Thi
 - `Config.init_hf_path`: start from a Hugging Face folder (`model.safetensors` with HF names, e.g. the previous
   stage's `hf/` export), loaded through the family's torchtitan state-dict adapter before training; a checkpoint
   of this job, when there is one, still wins (torchtitan loads it at the start of `train()`).
+- `Config.init_seed`: when set (CPU runs), the random init is the one `runtime.model_factory.build_model(spec,
+  seed)` gives: built unsharded on CPU under that seed and loaded into the (possibly FSDP-sharded) model, so
+  1 and N processes start from the same weights (torchtitan's own init of sharded DTensors on a CPU mesh draws
+  different numbers per layout). Left unset on GPUs, where building the full model on every rank costs too much.
 - `Config.metrics_path`: every metrics line torchtitan logs is also appended to metrics.jsonl (rank 0) as
   `{"step", "loss", "lr", "tokens_per_s", "grad_norm", "n_tokens_seen", ...}`.
 - `evaluate(sources)`: per-source held-out loss / bits-per-byte (`runtime.lm_eval`).
@@ -37,6 +41,8 @@ class RecipeTrainer(Trainer):
         """Folder with model.safetensors (HF names) to start from; None: torchtitan's random init."""
         metrics_path: str | None = None
         """metrics.jsonl to append training metrics to (rank 0)."""
+        init_seed: int | None = None
+        """Random init independent of the sharding (see the module docstring); None: torchtitan's init."""
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -52,6 +58,8 @@ class RecipeTrainer(Trainer):
         container.log = log  # type: ignore[method-assign]
         if config.init_hf_path:
             self.load_hf(config.init_hf_path)
+        elif config.init_seed is not None:
+            self.load_full_state(self.reference_init(config.init_seed))
 
     def _record(self, metrics: Mapping[str, Any], step: int) -> None:
         lr = next((float(v) for k, v in metrics.items() if k.startswith("lr/")), None)
@@ -80,8 +88,21 @@ class RecipeTrainer(Trainer):
                                       f"{self.config.model_spec.name}")
         adapter = adapter_cls(self.model_config, None)
         state = adapter.from_hf({k: v.float() for k, v in load_file(str(path)).items()})
-        model = self.model_parts[0]
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+        self.load_full_state(state)
+
+    def load_full_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load unsharded weights into the (possibly sharded) model."""
+        set_model_state_dict(self.model_parts[0], state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+    def reference_init(self, seed: int) -> dict[str, torch.Tensor]:
+        """The weights `build_model(spec, seed=seed)` gives: built unsharded on CPU, torchtitan's init_states."""
+        with torch.device("meta"):
+            model = self.model_config.build()
+        model.to_empty(device="cpu")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.init_states(buffer_device=torch.device("cpu"))
+        return model.state_dict()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model's weights on CPU (collective under FSDP: every rank must call it)."""

@@ -21,7 +21,8 @@ torchrun ... -m torchtitan.train --module runtime.titan_config --config recipe_j
 | scale.seq_len, steps                | `training.seq_len`, `training.steps`                                      |
 | scale.parallelism                   | `parallelism` (fsdp -> data_parallel_shard_degree, tp, pp, cp, dp_rep.)  |
 | checkpoint_every                    | `checkpoint.interval` (DCP under OUT/checkpoint, keep the latest 2)      |
-| seed                                | `debug.seed` (model init) and the mixture's seed                          |
+| seed                                | `debug.seed`, the mixture's seed, and on CPU the model init (`init_seed`:|
+|                                     | the same weights for any process count)                                  |
 | activation_checkpointing            | none / selective / full                                                   |
 | data, tokenizer                     | `runtime.lm_data.MixtureDataLoader.Config`, `hf_assets_path`             |
 
@@ -145,6 +146,7 @@ def build_trainer_config(job: Mapping[str, Any], out_dir: str | Path, *, init_hf
         debug=DebugConfig(seed=int(cfg.get("seed", 0))),
         comm=CommConfig(trace_buf_size=0),
         init_hf_path=str(init_hf_path) if init_hf_path else None,
+        init_seed=None if cuda else int(cfg.get("seed", 0)),
         metrics_path=str(out / "metrics.jsonl"),
     )
 

@@ -13,15 +13,21 @@ Init: `{"kind": "random"}`; `{"kind": "stage", "job": ID}` loads ID's `hf/` expo
 `{"kind": "path", "path": DIR}` a Hugging Face folder (relative to the recipe). long_context uses its own model
 block (new max_seq_len, RoPE scaling) with the parent's weights.
 
-Single process here; `scale.processes > 1` needs torchrun (`torchrun --nproc_per_node N -m runtime.run_job ...`):
-without it run_lm refuses rather than silently running on one process.
-Test: `python -m pytest tests/runtime/test_train.py -q`.
+`scale.processes` N > 1: run_lm, when not already under torchrun, writes OUT/job.json and runs
+`python -m torch.distributed.run --standalone --nproc_per_node N -m runtime.train --job OUT/job.json` (one process
+group per job; FSDP over gloo on CPU, NCCL on GPUs) and waits for it. Under torchrun (WORLD_SIZE set) it trains in
+place; WORLD_SIZE must equal the plan's process count.
+Test: `python -m pytest tests/runtime/test_train.py -q` (`-m slow` adds the 2-process FSDP run).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,16 +44,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _single_process_env(job: Mapping[str, Any]) -> None:
-    processes = int(job["config"]["scale"].get("processes", 1))
-    if "WORLD_SIZE" in os.environ:
-        if int(os.environ["WORLD_SIZE"]) != processes:
-            raise RuntimeError(f"job {job['id']}: plan says {processes} processes, launched with "
-                               f"WORLD_SIZE={os.environ['WORLD_SIZE']}")
-        return
-    if processes != 1:
-        raise RuntimeError(f"job {job['id']}: scale.processes={processes}: launch it with torchrun "
-                           f"--nproc_per_node {processes} (single-process runs only without it)")
+def _processes(job: Mapping[str, Any]) -> int:
+    return int(job["config"]["scale"].get("processes", 1))
+
+
+def _under_torchrun(job: Mapping[str, Any]) -> bool:
+    if "WORLD_SIZE" not in os.environ:
+        return False
+    if int(os.environ["WORLD_SIZE"]) != _processes(job):
+        raise RuntimeError(f"job {job['id']}: plan says {_processes(job)} processes, launched with "
+                           f"WORLD_SIZE={os.environ['WORLD_SIZE']}")
+    return True
+
+
+def _run_with_torchrun(job: Mapping[str, Any], out: Path) -> None:
+    """Run this job in `scale.processes` processes under torchrun (this process waits)."""
+    from runtime.outputs import atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    job_file = atomic_write_json(out / "job.json", job)
+    n = _processes(job)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "runtime.train", "--job", str(job_file)]
+    env = {**os.environ, "RECIPE_OUTPUT_DIR": str(out)}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or n) // n)))
+    result = subprocess.run(cmd, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"job {job['id']}: torchrun with {n} processes failed (exit {result.returncode})")
+
+
+def _single_process_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
 
@@ -94,7 +120,11 @@ def run_lm(job: dict[str, Any]) -> None:
         return
     weights = resolve_weights(job)  # fails early and clearly when a producer's output is missing
     init = init_hf_folder(job)
-    _single_process_env(job)
+    if not _under_torchrun(job):
+        if _processes(job) > 1:
+            _run_with_torchrun(job, out)
+            return
+        _single_process_env()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "job.json", job)
     init_logger()
@@ -136,3 +166,16 @@ def run_lm(job: dict[str, Any]) -> None:
         trainer.close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m runtime.train --job JOB.json`: run one LM job (what torchrun starts in every process)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--job", required=True, type=Path)
+    args = parser.parse_args(argv)
+    run_lm(json.loads(args.job.read_text(encoding="utf-8")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -192,3 +192,14 @@ def test_bits_per_byte_is_the_loss_in_bits_per_byte(texts: dict[str, list[str]],
     assert result["bpb"] == pytest.approx(result["loss"] * result["tokens"] / result["bytes"] / math.log(2))
     # batching (padding) does not change the numbers
     assert evaluate_texts(model, tokenizer, docs, 64, batch_size=1)["loss"] == pytest.approx(result["loss"], rel=1e-5)
+
+
+def test_data_parallel_ranks_split_the_same_global_stream(texts: dict[str, list[str]], tokenizer: Any) -> None:
+    def rows(rank: int, world: int, n: int) -> list[torch.Tensor]:
+        ds = MixtureDataset(texts, {"arithmetic": 0.5, "text": 0.5}, tokenizer, 32, seed=2, dp_rank=rank,
+                            dp_world_size=world)
+        return [x["input"] for (x, _), _ in zip(iter(ds), range(n))]
+
+    single, rank0, rank1 = rows(0, 1, 8), rows(0, 2, 4), rows(1, 2, 4)
+    assert all(torch.equal(a, b) for a, b in zip(single[0::2], rank0))
+    assert all(torch.equal(a, b) for a, b in zip(single[1::2], rank1))

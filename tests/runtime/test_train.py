@@ -225,3 +225,20 @@ def test_a_failing_job_exits_nonzero_and_writes_no_done(toy: Path, tmp_path: Pat
     result = run(job, tmp_path / "out")
     assert result.returncode != 0 and "max_seq_len" in result.stdout
     assert read_done(tmp_path / "out") is None
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_matches_one_process(toy: Path) -> None:
+    """scale.processes 2: run_lm starts torchrun (FSDP over gloo); same rows per step, same init: same curve."""
+    curves = {}
+    for n in (1, 2):
+        job = make_job(toy, steps=12, weights={"arithmetic": 0.7, "text": 0.3})
+        job["config"]["scale"]["processes"] = n
+        job["config"]["scale"]["parallelism"]["fsdp"] = n
+        out = toy.parent / f"procs-{n}"
+        assert run(job, out).returncode == 0
+        curves[n] = train_losses(out)
+        assert read_done(out)["step"] == 12
+    assert sorted(curves[2]) == list(range(1, 13))
+    for step, loss in curves[1].items():
+        assert curves[2][step] == pytest.approx(loss, abs=2e-3), step
