@@ -142,19 +142,21 @@ class MixtureDataset(IterableDataset, Stateful):
         self._row = 0  # index of the next row of the global stream
         self._cursor = {n: 0 for n in self.names}
         self._epoch = {n: 0 for n in self.names}
-        self._orders: dict[str, list[int]] = {}
+        self._orders: dict[str, tuple[int, list[int]]] = {}
         self.doc_counts = {n: 0 for n in self.names}
         self._inputs: list[int] = []
         self._labels: list[int] = []
         self._positions: list[int] = []
 
     def _order(self, name: str) -> list[int]:
-        key = f"{name}:{self._epoch[name]}"
-        if self._orders.get(name, [None])[0] != key:  # type: ignore[index]
+        """This source's reading order in its current epoch (a seeded shuffle, cached per epoch)."""
+        epoch = self._epoch[name]
+        cached = self._orders.get(name)
+        if cached is None or cached[0] != epoch:
             order = list(range(len(self.texts[name])))
-            random.Random(f"order-{self.seed}-{key}").shuffle(order)
-            self._orders[name] = [key, *order]  # type: ignore[list-item]
-        return self._orders[name][1:]  # type: ignore[return-value]
+            random.Random(f"order-{self.seed}-{name}-{epoch}").shuffle(order)
+            cached = self._orders[name] = (epoch, order)
+        return cached[1]
 
     def next_document(self) -> tuple[str, str]:
         """(source name, text) of the next document in the stream."""

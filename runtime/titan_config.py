@@ -4,9 +4,11 @@
     config = build_trainer_config(job, out_dir, init_hf_path=None)
     trainer = config.build()          # RecipeTrainer; trainer.train()
 
-It is also a torchtitan config module: `RECIPE_JOB_CONFIG=build/x/jobs/pretrain/config.json
-torchrun ... -m torchtitan.train --module runtime.titan_config --config recipe_job` (output dir from
-`runtime.outputs.output_dir`).
+It is also a torchtitan config module: `recipe_job` is a config-registry function, so torchtitan's own
+`ConfigManager().parse_args(["--module", "runtime.titan_config", "--config", "recipe_job", "--training.steps",
+"7"])` reads the job named by `$RECIPE_JOB_CONFIG` and applies CLI overrides on top (tested). Running it through
+`python -m torchtitan.train` works on GPUs; on CPU that entry lacks `runtime.cpu_compat` and our held-out eval,
+HF export and DONE marker: use `runtime.train:run_lm`.
 
 | job config                          | torchtitan                                                              |
 |-------------------------------------|-------------------------------------------------------------------------|

@@ -98,6 +98,29 @@ def init_hf_folder(job: Mapping[str, Any]) -> Path | None:
     return folder
 
 
+def held_out_texts(sources: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Each source's held-out documents (its `eval_split`, default "validation"); sources without one are skipped."""
+    from runtime.lm_data import source_texts
+
+    texts = {}
+    for name, spec in sources.items():
+        split = spec.get("eval_split") or ("validation" if spec.get("path") else None)
+        if split is None:
+            continue
+        path = Path(spec["path"]) if spec.get("path") else None
+        if path is not None and path.is_dir() and not (path / f"{split}.jsonl").is_file():
+            print(f"warning: source {name}: no {split}.jsonl under {path}: not evaluated", file=sys.stderr)
+            continue
+        texts[name] = source_texts(spec, split)
+    return texts
+
+
+def _last_logged(out: Path) -> dict[str, Any]:
+    from runtime.outputs import read_metrics
+
+    return next((m for m in reversed(read_metrics(out / "metrics.jsonl")) if "loss" in m), {})
+
+
 def run_lm(job: dict[str, Any]) -> None:
     """Train one LM job to completion (or resume it), export it, evaluate it, mark it DONE."""
     if job["kind"] not in LM_KINDS:
@@ -109,7 +132,7 @@ def run_lm(job: dict[str, Any]) -> None:
     from torchtitan.tools.logging import init_logger, logger
 
     from runtime.hf_export import export_hf
-    from runtime.lm_data import resolve_sources, resolve_weights, source_texts
+    from runtime.lm_data import resolve_sources, resolve_weights
     from runtime.model_factory import build_model
     from runtime.outputs import MetricsWriter, atomic_write_json, output_dir, read_done, write_done
     from runtime.titan_config import build_trainer_config, model_spec_of
@@ -123,6 +146,8 @@ def run_lm(job: dict[str, Any]) -> None:
     if not _under_torchrun(job):
         if _processes(job) > 1:
             _run_with_torchrun(job, out)
+            if read_done(out) is None:
+                raise RuntimeError(f"job {job['id']}: torchrun finished but {out / 'DONE.json'} is missing")
             return
         _single_process_env()
     out.mkdir(parents=True, exist_ok=True)
@@ -135,11 +160,10 @@ def run_lm(job: dict[str, Any]) -> None:
     try:
         trainer.train()
         train_s = time.time() - started
-        final = dict(trainer.last_metrics)
+        final = dict(trainer.last_metrics) or _last_logged(out)  # nothing logged: resumed at the last step
         spec = model_spec_of(job)
         sources = resolve_sources(job)
-        held_out = {name: source_texts(s, s.get("eval_split") or "validation") for name, s in sources.items()
-                    if s.get("eval_split") or s.get("path")}
+        held_out = held_out_texts(sources)
         evals = trainer.evaluate(held_out)
         logger.info(f"{job['id']}: held-out " + ", ".join(f"{k} loss {v['loss']:.3f} bpb {v['bpb']:.3f}"
                                                           for k, v in evals.items()))

@@ -242,3 +242,23 @@ def test_two_process_fsdp_matches_one_process(toy: Path) -> None:
     assert sorted(curves[2]) == list(range(1, 13))
     for step, loss in curves[1].items():
         assert curves[2][step] == pytest.approx(loss, abs=2e-3), step
+
+
+def test_the_job_is_a_torchtitan_config_registry_function(toy: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchtitan.config import ConfigManager
+
+    from runtime.lm_data import MixtureDataLoader
+    from runtime.lm_trainer import RecipeTrainer
+
+    (tmp_path / "config.json").write_text(json.dumps(make_job(toy, weights={"arithmetic": 3, "text": 1})))
+    monkeypatch.setenv("RECIPE_JOB_CONFIG", str(tmp_path / "config.json"))
+    monkeypatch.setenv("RECIPE_OUTPUT_DIR", str(tmp_path / "out"))
+    config = ConfigManager().parse_args(["--module", "runtime.titan_config", "--config", "recipe_job",
+                                         "--training.steps", "7"])
+    assert isinstance(config, RecipeTrainer.Config) and isinstance(config.dataloader, MixtureDataLoader.Config)
+    assert config.training.steps == 7 and config.training.global_batch_size == 8
+    assert config.training.local_batch_size == 4 and config.checkpoint.interval == CKPT
+    assert config.dataloader.weights == {"arithmetic": 0.75, "text": 0.25}
+    assert config.lr_scheduler.decay_type == "cosine" and config.lr_scheduler.warmup_steps == 3
+    assert config.dump_folder == str((tmp_path / "out").resolve())
