@@ -15,7 +15,7 @@ HF export and DONE marker: use `runtime.train:run_lm`.
 | model                               | `model_spec` from `runtime.model_factory.build_model_spec`               |
 | optim.lr, optimizer betas/eps/wd    | one catch-all AdamW `ParamGroupConfig` (foreach on CPU, fused on GPU)    |
 | optim.schedule warmup + kind        | `LRSchedulersContainer.Config`: cosine/linear decay after warmup; wsd:   |
-|                                     | `decay_ratio=decay_fraction` (linear); constant: `decay_ratio=0`;        |
+|                                     | `decay_ratio=decay_fraction` (linear); constant: min_lr_factor 1;        |
 |                                     | `min_lr_factor=min_lr_ratio`                                              |
 | optim.grad_clip                     | `training.max_norm`                                                       |
 | scale.micro_batch_size / global     | `training.local_batch_size` / `training.global_batch_size` (grad accum = |
@@ -72,8 +72,9 @@ def lr_scheduler_config(optim: Mapping[str, Any]) -> LRSchedulersContainer.Confi
     if kind == "wsd":
         return LRSchedulersContainer.Config(decay_ratio=float(schedule.get("decay_fraction", 0.1)),
                                             decay_type="linear", **common)
-    if kind == "constant":
-        return LRSchedulersContainer.Config(decay_ratio=0.0, decay_type="linear", **common)
+    if kind == "constant":  # a "decay" to 1.0 (decay_ratio=0 trips torchtitan's decay_steps != 0 assert past the end)
+        return LRSchedulersContainer.Config(decay_ratio=None, decay_type="linear",
+                                            warmup_steps=common["warmup_steps"], min_lr_factor=1.0)
     raise NotImplementedError(f"optim.schedule.kind {kind!r}: not supported (cosine, linear, wsd, constant)")
 
 

@@ -203,3 +203,51 @@ def test_data_parallel_ranks_split_the_same_global_stream(texts: dict[str, list[
     single, rank0, rank1 = rows(0, 1, 8), rows(0, 2, 4), rows(1, 2, 4)
     assert all(torch.equal(a, b) for a, b in zip(single[0::2], rank0))
     assert all(torch.equal(a, b) for a, b in zip(single[1::2], rank1))
+
+
+# --------------------------------------------------------------------------- trainer config pieces
+
+
+@pytest.mark.parametrize("kind, expected", [
+    # lr of each of 10 steps; 2 warmup steps, min_lr_ratio 0.1, decay_fraction 0.2 (wsd). torchtitan's schedule
+    # holds the peak one extra step after warmup (its "virtual last step") and ends just above the minimum.
+    ("constant", [0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+    ("wsd", [0.5, 1, 1, 1, 1, 1, 1, 1, 1, "decay"]),
+    ("linear", [0.5, 1, 1, "decay", "decay", "decay", "decay", "decay", "decay", "decay"]),
+    ("cosine", [0.5, 1, 1, "decay", "decay", "decay", "decay", "decay", "decay", "decay"]),
+])
+def test_lr_schedules(kind: str, expected: list[Any]) -> None:
+    from torchtitan.components.optimizer import OptimizersContainer
+
+    from runtime.titan_config import lr_scheduler_config, optimizer_config
+
+    optim = {"lr": 1.0, "optimizer": {"kind": "adamw", "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1},
+             "schedule": {"kind": kind, "warmup_steps": 2, "min_lr_ratio": 0.1, "decay_fraction": 0.2}}
+    model = torch.nn.Linear(2, 2)
+    optimizers = optimizer_config(optim, cuda=False).build(model_parts=[model])
+    assert isinstance(optimizers, OptimizersContainer)
+    group = optimizers.optimizers[0].param_groups[0]
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.9, 0.95), 1e-8, 0.1)
+    schedulers = lr_scheduler_config(optim).build(optimizers=optimizers, training_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(schedulers.schedulers[0].get_last_lr()[0])
+        optimizers.step()
+        schedulers.step()
+    for lr, want in zip(lrs, expected):
+        if want == "decay":
+            assert 0.1 - 1e-9 <= lr < 1.0
+        else:
+            assert lr == pytest.approx(want)
+    decaying = [lr for lr, want in zip(lrs, expected) if want == "decay"]
+    assert decaying == sorted(decaying, reverse=True)
+
+
+def test_cpu_compat_includes_the_trainer_patches() -> None:
+    from runtime.cpu_compat import apply_cpu_compat
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU patches are no-ops with CUDA")
+    assert {"eager_block_mask", "pg_timeouts_barrier", "device_type"} <= set(apply_cpu_compat())
+    import torchtitan.models.common.decoder as decoder
+    assert decoder.create_attention_mask.__wrapped__ is not decoder.create_attention_mask
