@@ -5,7 +5,8 @@
   a clear `MissingInputError` when it is not set or not there.
 - `atomic_write_json(path, data)`: temp file in the same folder + fsync + `os.replace` (readers never see half a file).
 - `write_done(out, data)` / `read_done(out)`: the completion marker `DONE.json`, written last, only on success.
-- `MetricsWriter(path)`: appends one JSON object per line to metrics.jsonl, flushed at every write.
+- `MetricsWriter(path)`: appends one JSON object per line to metrics.jsonl, flushed at every write; after a
+  restart lines continue from the resumed step (`read_metrics` skips a line a kill cut short).
 
 Test: `python -m pytest tests/runtime/test_train.py -q -k done`. Standard library only.
 """
@@ -111,7 +112,10 @@ class MetricsWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        cut_short = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         self._file = open(self.path, "a", encoding="utf-8")
+        if cut_short:  # the last writer was killed mid-line: start on a fresh line
+            self._file.write("\n")
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(_clean(dict(record)), sort_keys=True, default=_json_default) + "\n")
@@ -123,7 +127,14 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a line cut short (a process killed mid-write) is skipped."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

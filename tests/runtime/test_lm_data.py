@@ -251,3 +251,16 @@ def test_cpu_compat_includes_the_trainer_patches() -> None:
     assert {"eager_block_mask", "pg_timeouts_barrier", "device_type"} <= set(apply_cpu_compat())
     import torchtitan.models.common.decoder as decoder
     assert decoder.create_attention_mask.__wrapped__ is not decoder.create_attention_mask
+
+
+def test_metrics_reader_skips_a_line_cut_short(tmp_path: Path) -> None:
+    from runtime.outputs import MetricsWriter, read_metrics
+
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    writer.write({"step": 1, "loss": 2.0})
+    writer._file.write('{"step": 2, "lo')  # killed mid-line
+    writer.close()
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")  # the rerun
+    writer.write({"step": 2, "loss": 1.5})
+    writer.close()
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
