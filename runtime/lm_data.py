@@ -4,9 +4,10 @@ A training job's `config.data` names sources (`{name: {path|hf, split, text_fiel
 weights (`{name: w}`, or `{from_job, file}`: read at run time from the producer job's output folder, whose path is
 in `$RECIPE_INPUT_<JOBID>`; the file holds `{"weights": {name: w}}` or `{name: w}`).
 
-- `resolve_sources(job)`: relative `path`s (and the tokenizer) resolve against the job's `recipe_dir`, itself
-  relative to the plan folder (`build/<name>/`, the job folder's grandparent; the job folder comes from
-  `$RECIPE_JOB_DIR`, which the launch script exports, else `./build/<recipe>/jobs/<id>`).
+- `resolve_sources(job)`: relative `path`s (and the tokenizer) resolve against the recipe folder:
+  `$RECIPE_RECIPE_DIR` (absolute; `recipe launch` sets it), else the job's `recipe_dir` relative to the plan
+  folder (`build/<name>/`, the job folder's grandparent; the job folder comes from `$RECIPE_JOB_DIR`, which the
+  Slurm launch script exports, else `./build/<recipe>/jobs/<id>`).
 - `load_source(spec, split)`: a local folder is `<path>/<split>.jsonl`, read with
   `datasets.load_dataset("json", data_files=...)` (offline: HF_DATASETS_OFFLINE=1); a file is read as is; `hf`
   is a hub id (`load_dataset(hf, subset, split=split)`).
@@ -54,6 +55,8 @@ def plan_dir(job: Mapping[str, Any]) -> Path:
 
 def recipe_root(job: Mapping[str, Any]) -> Path:
     """The folder the recipe's relative paths are relative to."""
+    if os.environ.get("RECIPE_RECIPE_DIR"):
+        return Path(os.environ["RECIPE_RECIPE_DIR"]).resolve()
     root = Path(job.get("recipe_dir", "."))
     return root if root.is_absolute() else (plan_dir(job) / root).resolve()
 

@@ -132,10 +132,13 @@ def test_dataloader_state_resumes_the_same_stream(toy: Path, tokenizer: Any) -> 
 def test_paths_resolve_against_recipe_dir_relative_to_the_plan_folder(tmp_path: Path, monkeypatch: Any) -> None:
     job_dir = tmp_path / "build" / "r" / "jobs" / "pretrain"
     job_dir.mkdir(parents=True)
+    monkeypatch.delenv("RECIPE_RECIPE_DIR", raising=False)
     monkeypatch.setenv("RECIPE_JOB_DIR", str(job_dir))
     job = make_job("../../recipes", {"text": 1.0})
     assert lm_data.recipe_root(job) == (tmp_path / "recipes").resolve()
     assert resolve_sources(job)["text"]["path"] == str((tmp_path / "recipes" / "toy" / "text").resolve())
+    monkeypatch.setenv("RECIPE_RECIPE_DIR", str(tmp_path / "elsewhere"))  # what `recipe launch` sets
+    assert lm_data.recipe_root(job) == (tmp_path / "elsewhere").resolve()
 
 
 def test_weights_are_normalised_and_checked() -> None:
