@@ -43,8 +43,18 @@ def _short(summary: dict[str, Any]) -> str:
     for key in ("metrics", "eval"):
         values = summary.get(key)
         if isinstance(values, dict):
-            parts += [f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in sorted(values.items())[:6]]
+            parts += [f"{k} {_headline(v)}" for k, v in sorted(values.items())[:6]]
     return ", ".join(parts)
+
+
+def _headline(value: Any) -> str:
+    """A number as 4 significant digits; a per-source eval dict as its bits-per-byte (else its loss)."""
+    if isinstance(value, dict):
+        for key in ("bpb", "loss", "accuracy"):
+            if isinstance(value.get(key), (int, float)):
+                return f"{key} {value[key]:.4g}"
+        return "{...}"
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
 def write_report(state: RunState, ok: bool) -> tuple[Path, str]:
