@@ -109,8 +109,9 @@ def activation_checkpoint_config(kind: str | None) -> Any:
 
 
 def build_trainer_config(job: Mapping[str, Any], out_dir: str | Path, *, init_hf_path: str | Path | None = None,
-                         weights: Mapping[str, float] | None = None) -> RecipeTrainer.Config:
-    """The Trainer config for an LM job writing into `out_dir` (weights: the mixture; default from the job)."""
+                         weights: Mapping[str, float] | None = None, dataloader: Any = None) -> RecipeTrainer.Config:
+    """The Trainer config for an LM job writing into `out_dir` (weights: the mixture; default from the job;
+    dataloader: another dataloader config, e.g. `runtime.sft_data.SFTDataLoader.Config`, instead of the mixture)."""
     cfg = job["config"]
     scale, optim = cfg["scale"], cfg["optim"]
     cuda = torch.cuda.is_available()
@@ -138,9 +139,9 @@ def build_trainer_config(job: Mapping[str, Any], out_dir: str | Path, *, init_hf
             disable_cuda_graphs=True,
         ),
         parallelism=parallelism_config(scale),
-        dataloader=MixtureDataLoader.Config(sources=resolve_sources(job),
-                                            weights=dict(weights if weights is not None else resolve_weights(job)),
-                                            seed=int(cfg.get("seed", 0))),
+        dataloader=dataloader or MixtureDataLoader.Config(
+            sources=resolve_sources(job), weights=dict(weights if weights is not None else resolve_weights(job)),
+            seed=int(cfg.get("seed", 0))),
         metrics=MetricsProcessor.Config(log_freq=1),
         checkpoint=CheckpointManager.Config(
             enable=True, folder=CHECKPOINT_FOLDER, interval=max(1, int(cfg.get("checkpoint_every") or steps)),

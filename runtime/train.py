@@ -1,6 +1,7 @@
 """Language-model training jobs (pretrain, midtrain, long_context) through torchtitan's Trainer.
 
-Entry for the plan (`entry: runtime.train:run_lm`):
+Entries for the plan: `runtime.train:run_lm` (LM stages) and `runtime.train:run_sft` (supervised fine-tuning:
+`runtime.sft_data`, same trainer, init, outputs and DONE marker):
 
     python -m runtime.run_job --config build/<name>/jobs/<id>/config.json --entry runtime.train:run_lm
 
@@ -121,27 +122,25 @@ def _last_logged(out: Path) -> dict[str, Any]:
     return next((m for m in reversed(read_metrics(out / "metrics.jsonl")) if "loss" in m), {})
 
 
-def run_lm(job: dict[str, Any]) -> None:
-    """Train one LM job to completion (or resume it), export it, evaluate it, mark it DONE."""
-    if job["kind"] not in LM_KINDS:
-        raise ValueError(f"run_lm runs {LM_KINDS}, not {job['kind']!r}")
+def _train_job(job: dict[str, Any], *, build_config: Any, evaluate: Any, done: Mapping[str, Any]) -> None:
+    """What every trainer job shares: skip when DONE, init, torchrun or single-process setup, train (resuming from
+    checkpoints), `evaluate(trainer)` (every rank), HF export, metrics line, DONE.json last.
+    build_config(out, init_hf_path) -> RecipeTrainer.Config; done: extra DONE.json fields."""
     apply_cpu_compat()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from torchtitan.tools.logging import init_logger, logger
+    from torchtitan.tools.logging import init_logger
 
     from runtime.hf_export import export_hf
-    from runtime.lm_data import resolve_sources, resolve_weights
     from runtime.model_factory import build_model
     from runtime.outputs import MetricsWriter, atomic_write_json, output_dir, read_done, write_done
-    from runtime.titan_config import build_trainer_config, model_spec_of
+    from runtime.titan_config import model_spec_of
 
     out = output_dir(job)
     if read_done(out) is not None:
         print(f"{job['id']}: already done ({out / 'DONE.json'})")
         return
-    weights = resolve_weights(job)  # fails early and clearly when a producer's output is missing
     init = init_hf_folder(job)
     if not _under_torchrun(job):
         if _processes(job) > 1:
@@ -153,7 +152,7 @@ def run_lm(job: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "job.json", job)
     init_logger()
-    config = build_trainer_config(job, out, init_hf_path=init, weights=weights)
+    config = build_config(out, init)
     started = time.time()
     trainer = config.build()
     rank = torch.distributed.get_rank()
@@ -162,11 +161,7 @@ def run_lm(job: dict[str, Any]) -> None:
         train_s = time.time() - started
         final = dict(trainer.last_metrics) or _last_logged(out)  # nothing logged: resumed at the last step
         spec = model_spec_of(job)
-        sources = resolve_sources(job)
-        held_out = held_out_texts(sources)
-        evals = trainer.evaluate(held_out)
-        logger.info(f"{job['id']}: held-out " + ", ".join(f"{k} loss {v['loss']:.3f} bpb {v['bpb']:.3f}"
-                                                          for k, v in evals.items()))
+        evals = evaluate(trainer)
         state = trainer.full_state_dict()
         if rank == 0:
             model = build_model(spec, device="cpu")
@@ -183,8 +178,8 @@ def run_lm(job: dict[str, Any]) -> None:
             writer.write({"step": trainer.step, "eval": evals})
             writer.close()
             write_done(out, {"job": job["id"], "kind": job["kind"], "hash": job["hash"], "step": trainer.step,
-                             "final_loss": final.get("loss"), "final_metrics": final, "eval": evals,
-                             "weights": weights, "train_seconds": round(train_s, 2), "hf": str(hf),
+                             "final_loss": final.get("loss"), "final_metrics": final, "eval": evals, **done,
+                             "train_seconds": round(train_s, 2), "hf": str(hf),
                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     finally:
         trainer.close()
@@ -192,12 +187,82 @@ def run_lm(job: dict[str, Any]) -> None:
             torch.distributed.destroy_process_group()
 
 
+def run_lm(job: dict[str, Any]) -> None:
+    """Train one LM job to completion (or resume it), export it, evaluate it, mark it DONE."""
+    if job["kind"] not in LM_KINDS:
+        raise ValueError(f"run_lm runs {LM_KINDS}, not {job['kind']!r}")
+    from runtime.lm_data import resolve_sources, resolve_weights
+    from runtime.outputs import output_dir, read_done
+    from runtime.titan_config import build_trainer_config
+
+    if read_done(output_dir(job)) is not None:
+        print(f"{job['id']}: already done ({output_dir(job) / 'DONE.json'})")
+        return
+    weights = resolve_weights(job)  # fails early and clearly when a producer's output is missing
+
+    def evaluate(trainer: Any) -> dict[str, Any]:
+        from torchtitan.tools.logging import logger
+
+        evals = trainer.evaluate(held_out_texts(resolve_sources(job)))
+        logger.info(f"{job['id']}: held-out " + ", ".join(f"{k} loss {v['loss']:.3f} bpb {v['bpb']:.3f}"
+                                                          for k, v in evals.items()))
+        return evals
+
+    _train_job(job, build_config=lambda out, init: build_trainer_config(job, out, init_hf_path=init, weights=weights),
+               evaluate=evaluate, done={"weights": weights})
+
+
+SFT_EVAL_QUESTIONS = 32
+
+
+def run_sft(job: dict[str, Any]) -> None:
+    """Supervised fine-tuning (`runtime.sft_data`: chat template, packed conversations, loss on the assistant's
+    tokens only) through the same trainer; eval: held-out loss on the data's `validation` split (assistant tokens
+    only) and greedy exact-match accuracy on the first SFT_EVAL_QUESTIONS of `<data>/../eval/arith.jsonl` when
+    that file exists (the toy world)."""
+    if job["kind"] != "sft":
+        raise ValueError(f"run_sft runs sft jobs, not {job['kind']!r}")
+    from runtime.lm_data import resolve_path
+    from runtime.sft_data import SFTDataLoader
+    from runtime.titan_config import build_trainer_config
+
+    cfg = job["config"]
+    source = dict(cfg["data"])
+    if source.get("path"):
+        source["path"] = resolve_path(job, source["path"])
+    loader = SFTDataLoader.Config(source=source, seed=int(cfg.get("seed", 0)))
+
+    def evaluate(trainer: Any) -> dict[str, Any]:
+        from torchtitan.tools.logging import logger
+
+        from runtime.sft_data import assistant_loss, exact_match, load_conversations
+
+        evals: dict[str, Any] = {}
+        model, seq_len = trainer.model_parts[0], trainer.config.training.seq_len
+        path = Path(source["path"]) if source.get("path") else None
+        if path is not None and path.is_dir() and (path / "validation.jsonl").is_file():
+            evals["validation"] = assistant_loss(model, trainer.tokenizer, load_conversations(source, "validation"),
+                                                 seq_len, device=trainer.device)
+        arith = path.parent / "eval" / "arith.jsonl" if path is not None and path.is_dir() else None
+        if arith is not None and arith.is_file():
+            rows = [json.loads(line) for line in arith.read_text(encoding="utf-8").splitlines() if line.strip()]
+            evals["arith_exact_match"] = exact_match(model, trainer.tokenizer, rows[:SFT_EVAL_QUESTIONS],
+                                                     max_len=seq_len, device=trainer.device)
+        logger.info(f"{job['id']}: eval {json.dumps(evals)[:500]}")
+        return evals
+
+    _train_job(job, build_config=lambda out, init: build_trainer_config(job, out, init_hf_path=init,
+                                                                        dataloader=loader),
+               evaluate=evaluate, done={"data": source})
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m runtime.train --job JOB.json`: run one LM job (what torchrun starts in every process)."""
+    """`python -m runtime.train --job JOB.json`: run one LM or SFT job (what torchrun starts in every process)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--job", required=True, type=Path)
     args = parser.parse_args(argv)
-    run_lm(json.loads(args.job.read_text(encoding="utf-8")))
+    job = json.loads(args.job.read_text(encoding="utf-8"))
+    (run_sft if job["kind"] == "sft" else run_lm)(job)
     return 0
 
 

@@ -1,0 +1,213 @@
+"""Supervised fine-tuning data: chat-rendered conversations, packed whole, loss on the assistant's tokens only.
+
+- `conversation_tokens(tokenizer, messages)`: the tokens of `runtime.tokenizer.render_chat(messages)`
+  (`<|bos|><|user|>Q\n<|assistant|>A<|eos|>`), encoded piece by piece (every piece boundary is a special token, so
+  this is exactly the encoding of the whole rendered string), with a mask that is True on the assistant's content
+  tokens and its closing `<|eos|>`, False on BOS, role markers and user text.
+- `SFTDataset`: conversations in a seeded shuffled order per epoch, shifted within each conversation (labels are the
+  next token where that token is an assistant token, else `IGNORE_INDEX` -100, which torchtitan's cross-entropy
+  ignores) and packed into rows of `seq_len` with `positions` restarting at 0 per conversation (block-causal document
+  masks, as in `runtime.lm_data`). A conversation never straddles two rows: when it does not fit in what is left of
+  a row, the row is padded (pad token, label -100, its own position run) and the conversation starts the next row;
+  one longer than a row is cut to `seq_len + 1` tokens. Rows `rank, rank + W, ...` go to data-parallel rank `rank`;
+  the state (epoch, cursor, row count, the partial row) is checkpointed.
+- `SFTDataLoader`: torchtitan's `ParallelAwareDataloader` over it (`SFTDataLoader.Config` for `Trainer.Config`).
+- `exact_match(model, tokenizer, rows, max_len)`: greedy-decode each question with the chat template; a hit when the
+  text after the last `Answer:` (or the whole reply) equals `answer`.
+
+Test: `python -m pytest tests/runtime/test_sft.py -q`.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch.distributed.checkpoint.stateful import Stateful
+from torch.utils.data import IterableDataset
+
+from runtime.lm_data import _loader_base, load_source
+from runtime.tokenizer import ASSISTANT, BOS, EOS, USER
+
+IGNORE_INDEX = -100  # torchtitan.components.loss.IGNORE_INDEX
+
+
+def _special_id(tokenizer: Any, token: str) -> int:
+    ids = tokenizer.encode(token, add_bos=False, add_eos=False)
+    if len(ids) != 1:
+        raise ValueError(f"tokenizer: {token} is not a single special token")
+    return ids[0]
+
+
+def conversation_tokens(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[bool]]:
+    """(tokens, assistant mask) of one chat-rendered conversation."""
+    enc = lambda text: tokenizer.encode(text, add_bos=False, add_eos=False)  # noqa: E731
+    tokens, mask = enc(BOS), [False]
+    for message in messages:
+        if message["role"] == "user":
+            piece = enc(USER + message["content"] + "\n")
+            tokens += piece
+            mask += [False] * len(piece)
+        elif message["role"] == "assistant":
+            marker, content, eos = enc(ASSISTANT), enc(message["content"]), enc(EOS)
+            tokens += marker + content + eos
+            mask += [False] * len(marker) + [True] * (len(content) + len(eos))
+        else:
+            raise ValueError(f"unsupported role: {message['role']}")
+    return tokens, mask
+
+
+class SFTDataset(IterableDataset, Stateful):
+    """Packed conversation rows: yields `({"input", "positions"}, labels)`."""
+
+    def __init__(self, conversations: Sequence[Sequence[Mapping[str, str]]], tokenizer: Any, seq_len: int, *,
+                 seed: int = 0, dp_rank: int = 0, dp_world_size: int = 1):
+        if not conversations:
+            raise ValueError("SFT data: no conversations")
+        self.conversations = list(conversations)
+        self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
+        self.dp_rank, self.dp_world_size = dp_rank, dp_world_size
+        self.pad_id = _special_id(tokenizer, "<|pad|>")
+        self._epoch, self._cursor, self._row = 0, 0, 0
+        self._order_cache: tuple[int, list[int]] | None = None
+        self._inputs: list[int] = []
+        self._labels: list[int] = []
+        self._positions: list[int] = []
+
+    def _order(self) -> list[int]:
+        if self._order_cache is None or self._order_cache[0] != self._epoch:
+            order = list(range(len(self.conversations)))
+            random.Random(f"sft-{self.seed}-{self._epoch}").shuffle(order)
+            self._order_cache = (self._epoch, order)
+        return self._order_cache[1]
+
+    def next_example(self) -> tuple[list[int], list[int]]:
+        """(inputs, labels) of the next conversation: shifted, non-assistant targets ignored, cut to seq_len."""
+        if self._cursor >= len(self.conversations):
+            self._epoch, self._cursor = self._epoch + 1, 0
+        messages = self.conversations[self._order()[self._cursor]]
+        self._cursor += 1
+        tokens, mask = conversation_tokens(self.tokenizer, messages)
+        tokens, mask = tokens[:self.seq_len + 1], mask[:self.seq_len + 1]
+        labels = [t if m else IGNORE_INDEX for t, m in zip(tokens[1:], mask[1:])]
+        return tokens[:-1], labels
+
+    def _emit(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        n, fill = self.seq_len, self.seq_len - len(self._inputs)
+        inputs = self._inputs + [self.pad_id] * fill
+        labels = self._labels + [IGNORE_INDEX] * fill
+        positions = self._positions + list(range(fill))
+        self._inputs, self._labels, self._positions = [], [], []
+        return ({"input": torch.tensor(inputs[:n], dtype=torch.long),
+                 "positions": torch.tensor(positions[:n], dtype=torch.long)},
+                torch.tensor(labels[:n], dtype=torch.long))
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        while True:
+            inputs, labels = self.next_example()
+            row = None
+            if len(self._inputs) + len(inputs) > self.seq_len:
+                row = self._emit()
+            self._inputs += inputs
+            self._labels += labels
+            self._positions += list(range(len(inputs)))
+            if row is None and len(self._inputs) == self.seq_len:
+                row = self._emit()
+            if row is not None:
+                self._row += 1
+                if (self._row - 1) % self.dp_world_size == self.dp_rank:
+                    yield row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "cursor": self._cursor, "row": self._row, "inputs": list(self._inputs),
+                "labels": list(self._labels), "positions": list(self._positions)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._epoch, self._cursor, self._row = int(state["epoch"]), int(state["cursor"]), int(state["row"])
+        self._inputs, self._labels = list(state["inputs"]), list(state["labels"])
+        self._positions = list(state["positions"])
+
+
+def load_conversations(spec: Mapping[str, Any], split: str | None = None) -> list[list[dict[str, str]]]:
+    ds = load_source(spec, split)
+    return [list(m) for m in ds[spec.get("text_field") or "messages"]]
+
+
+class SFTDataLoader(_loader_base()):  # type: ignore[misc]
+    """torchtitan dataloader over an `SFTDataset` (stateful: saved and restored by torchtitan's checkpoints)."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(_loader_base().Config):  # type: ignore[misc,name-defined]
+        source: dict[str, Any] = field(default_factory=dict)
+        """{path|hf, split, text_field, subset} with an absolute path."""
+        seed: int = 0
+
+    def __init__(self, config: Config, *, dp_world_size: int, dp_rank: int, tokenizer: Any, seq_len: int,
+                 local_batch_size: int, snapshot_every_n_steps: int | None = 1, **kwargs: Any):
+        dataset = SFTDataset(load_conversations(config.source), tokenizer, seq_len, seed=config.seed,
+                             dp_rank=dp_rank, dp_world_size=dp_world_size)
+        super().__init__(dataset, dp_rank=dp_rank, dp_world_size=dp_world_size, batch_size=local_batch_size,
+                         num_workers=config.num_workers, snapshot_every_n_steps=snapshot_every_n_steps)
+
+
+@torch.no_grad()
+def assistant_loss(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[Sequence[Mapping[str, str]]],
+                   seq_len: int, *, limit: int = 64, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Mean next-token loss on the assistant tokens of the first `limit` conversations, each scored on its own."""
+    import torch.nn.functional as F
+
+    from runtime.lm_eval import _forward
+
+    was_training = model.training
+    model.eval()
+    nats, n = 0.0, 0
+    for messages in list(conversations)[:limit]:
+        tokens, mask = conversation_tokens(tokenizer, messages)
+        tokens, mask = tokens[:seq_len + 1], mask[:seq_len + 1]
+        labels = torch.tensor([t if m else IGNORE_INDEX for t, m in zip(tokens[1:], mask[1:])], device=device)
+        logits = _forward(model, torch.tensor([tokens[:-1]], device=device)).float()
+        if hasattr(logits, "full_tensor"):
+            logits = logits.full_tensor()
+        nats += float(F.cross_entropy(logits[0], labels.to(logits.device), ignore_index=IGNORE_INDEX,
+                                      reduction="sum"))
+        n += int((labels != IGNORE_INDEX).sum())
+    if was_training:
+        model.train()
+    return {"loss": nats / n if n else float("nan"), "tokens": n, "docs": min(limit, len(conversations))}
+
+
+def _answer_of(reply: str) -> str:
+    return (reply.rsplit("Answer:", 1)[-1] if "Answer:" in reply else reply).strip()
+
+
+@torch.no_grad()
+def exact_match(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Mapping[str, str]], max_len: int, *,
+                device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Greedy-decode each `question` (chat template, generation prompt); {"accuracy", "n", "examples"}."""
+    from runtime.lm_eval import _forward
+
+    was_training = model.training
+    model.eval()
+    eos = _special_id(tokenizer, EOS)
+    hits, examples = 0, []
+    for row in rows:
+        tokens, _ = conversation_tokens(tokenizer, [{"role": "user", "content": row["question"]}])
+        tokens += tokenizer.encode(ASSISTANT, add_bos=False, add_eos=False)
+        start = len(tokens)
+        while len(tokens) < max_len:
+            logits = _forward(model, torch.tensor([tokens], device=device))
+            if hasattr(logits, "full_tensor"):
+                logits = logits.full_tensor()
+            nxt = int(logits[0, -1].argmax())
+            if nxt == eos:
+                break
+            tokens.append(nxt)
+        reply = tokenizer.decode(tokens[start:])
+        hit = _answer_of(reply) == str(row["answer"]).strip()
+        hits += hit
+        if len(examples) < 3:
+            examples.append({"question": row["question"], "reply": reply, "answer": row["answer"], "hit": hit})
+    if was_training:
+        model.train()
+    return {"accuracy": hits / len(rows) if rows else float("nan"), "n": len(rows), "examples": examples}
