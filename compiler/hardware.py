@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 from spec.cluster import LocalCluster, SlurmCluster
+from spec.model import ModelSpec
 
 GIB = 1024**3
 LOCAL_TIME_LIMIT_HOURS = 24  # the local executor's limit when a job's time cannot be estimated
@@ -39,6 +40,11 @@ def device_for(cluster: LocalCluster | SlurmCluster, gpus: int, processes: int) 
         cluster.cpu_memory_bandwidth_gbps,
         cluster.mfu,
     )
+
+
+def as_run_on(model: ModelSpec, device: Device) -> ModelSpec:
+    """The model as it runs on `device`: CPU jobs compute in float32 whatever the recipe's dtype."""
+    return model if device.kind == "gpu" else model.model_copy(update={"dtype": "float32"})
 
 
 def gpu_count_problem(cluster: LocalCluster | SlurmCluster, gpus: int) -> str | None:

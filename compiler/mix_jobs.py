@@ -1,12 +1,11 @@
 """The data mix: fixed weights checked at compile time, or RegMix jobs (swarm array, fit, solve)."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from compiler import estimates
 from compiler.diagnostics import did_you_mean
-from compiler.hardware import GIB, device_for, gpu_count_problem, nodes_for
+from compiler.hardware import GIB, as_run_on, device_for, gpu_count_problem, nodes_for
 from compiler.job_common import JOB_ENTRIES, model_config, resources
 from compiler.plan import Job, PlanContext
 from spec.cluster import SlurmCluster
@@ -100,7 +99,7 @@ def build_mix_jobs(ctx: PlanContext) -> None:
     if problem:
         ctx.error((*at, "gpus"), f"a proxy: {problem}")
     device = device_for(cluster, proxy.gpus, 1)
-    model = proxy.model if device.kind == "gpu" else proxy.model.model_copy(update={"dtype": "float32"})
+    model = as_run_on(proxy.model, device)
     flops = estimates.training_flops_per_token(model, proxy.seq_len)
     hours_each = estimates.train_gpu_hours(flops, proxy.tokens, device.peak_tflops, device.mfu, 1)
     micro = proxy.micro_batch_size or proxy.global_batch_sequences

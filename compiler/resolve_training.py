@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from compiler import estimates
-from compiler.hardware import GIB, Device, device_for, gpus_per_node
+from compiler.hardware import GIB, Device, as_run_on, device_for, gpus_per_node
 from spec.cluster import LocalCluster, SlurmCluster
 from spec.model import ModelSpec
 from spec.stages import StageBase
@@ -155,8 +155,7 @@ def resolve_scale(
     """The trainer's scale. `sequences_per_item`: 2 for DPO pairs; `flops_factor` adds reference passes."""
     nodes, per_node, world = _world(stage, cluster, at, error)
     device = device_for(cluster, per_node * nodes, world)
-    if device.kind == "cpu":
-        model = model.model_copy(update={"dtype": "float32"})
+    model = as_run_on(model, device)
     par = _parallelism(stage, model, world, at, error)
     seq_len = seq_len or stage.seq_len or model.max_seq_len
     if seq_len > model.max_seq_len:

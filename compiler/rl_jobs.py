@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from compiler import estimates
-from compiler.hardware import GIB, device_for, gpu_count_problem, nodes_for
+from compiler.hardware import GIB, as_run_on, device_for, gpu_count_problem, nodes_for
 from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_estimates
 from compiler.plan import Job, PlanContext
 from compiler.resolve_training import resolve_scale
@@ -38,7 +38,7 @@ def _check_lengths(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSp
 def _rollout_memory(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSpec, rollouts: int) -> estimates.RolloutMemory:
     r = stage.rollout
     device = device_for(ctx.recipe.cluster, r.gpus, 1)
-    model = model if device.kind == "gpu" else model.model_copy(update={"dtype": "float32"})
+    model = as_run_on(model, device)
     engines = max(1, r.gpus // r.tensor_parallel)
     per_engine = min(r.max_num_seqs, math.ceil(rollouts / engines))
     memory = estimates.rollout_memory_per_gpu(model, tensor_parallel=r.tensor_parallel, sequences=per_engine, context_len=r.max_model_len)
@@ -55,7 +55,7 @@ def _generation_seconds(ctx: PlanContext, stage: RlvrStage, model: ModelSpec, ro
     r = stage.rollout
     device = device_for(ctx.recipe.cluster, r.gpus, 1)
     return estimates.rollout_decode_seconds(
-        model if device.kind == "gpu" else model.model_copy(update={"dtype": "float32"}),
+        as_run_on(model, device),
         sequences=rollouts, prompt_tokens=r.max_prompt_tokens, response_tokens=stage.grpo.max_response_tokens,
         tensor_parallel=r.tensor_parallel, engines=max(1, r.gpus // r.tensor_parallel),
         memory_bandwidth_gbps=device.bandwidth_gbps, peak_tflops=device.peak_tflops, mfu=device.mfu,

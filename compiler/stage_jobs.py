@@ -8,13 +8,12 @@ import math
 from typing import Any, Callable
 
 from compiler import estimates
-from compiler.hardware import device_for, gpu_count_problem, nodes_for, parse_time
+from compiler.hardware import as_run_on, device_for, gpu_count_problem, nodes_for, parse_time
 from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_job
 from compiler.mix_jobs import build_mix_jobs, resolve_lm_mix
 from compiler.plan import Job, PlanContext
 from compiler.rl_jobs import build_rl_jobs
 from compiler.resolve_training import resolve_scale
-from spec.cluster import SlurmCluster
 from spec.model import ModelSpec
 from spec.stages import (
     STAGE_KINDS,
@@ -105,7 +104,7 @@ def _generation_estimates(ctx: PlanContext, models: list[ModelSpec | None], sequ
     seconds, memory = 0.0, 0
     for model in models:
         assert model is not None
-        model = model if device.kind == "gpu" else model.model_copy(update={"dtype": "float32"})
+        model = as_run_on(model, device)
         batch = min(sequences, engines * GENERATION_BATCH)
         waves = math.ceil(sequences / batch)
         seconds += waves * estimates.rollout_decode_seconds(
