@@ -16,17 +16,9 @@ import pytest
 from runtime.outputs import read_done, read_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import REPO, make_job, run, train_losses  # noqa: E402
+from test_train import REPO, make_job, run, toy, train_losses  # noqa: E402,F401 (toy: shared fixture)
 
 SFT_STEPS = 20
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("world") / "toy"
-    subprocess.run([sys.executable, "-m", "runtime.toyworld", str(out), "--scale", "0.02"], cwd=REPO, check=True,
-                   capture_output=True)
-    return out
 
 
 @pytest.fixture(scope="module")
