@@ -7,29 +7,20 @@ Read it with `json.load`; it is valid JSON at every moment because it is never w
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from runtime.outputs import atomic_write_text
 
 STATES = ("pending", "cached", "running", "done", "failed", "cancelled", "skipped")
 FINAL = frozenset({"cached", "done", "failed", "cancelled", "skipped"})
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
-    """Write `data` as JSON to `path` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)  # plan order, not sorted
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` as JSON to `path` atomically (keys in insertion order: jobs stay in plan order)."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 @dataclass
