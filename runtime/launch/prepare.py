@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from compiler.plan import FORMAT_VERSION
+from runtime.outputs import input_env_var
 from runtime.plan import Plan, PlannedJob
 
 DONE = "DONE.json"
@@ -54,11 +55,6 @@ class LaunchPlan:
 
     def output_dir(self, job_id: str) -> Path:
         return self.decisions[job_id].output_dir
-
-
-def env_name(job_id: str) -> str:
-    """RECIPE_INPUT_<ID>: the job id upper-cased, '-' (and any other non-alphanumeric) -> '_'."""
-    return "RECIPE_INPUT_" + "".join(c if c.isalnum() else "_" for c in job_id.upper())
 
 
 def decide(plan: Plan, runs: Path, *, force: bool = False, only: list[str] | None = None) -> LaunchPlan:
@@ -186,5 +182,5 @@ def job_env(launch: LaunchPlan, job: PlannedJob) -> dict[str, str]:
         "RECIPE_RECIPE_DIR": str(launch.plan.recipe_dir),
     }
     for parent in job.depends_on:
-        env[env_name(parent)] = str(launch.output_dir(parent))
+        env[input_env_var(parent)] = str(launch.output_dir(parent))
     return env
