@@ -33,12 +33,17 @@ def input_env_var(job_id: str) -> str:
     return "RECIPE_INPUT_" + re.sub(r"[^A-Za-z0-9]", "_", job_id).upper()
 
 
+def output_name(job_id: str, job_hash: str) -> str:
+    """A job's output folder name: its id plus a short content hash (a changed job gets a new folder)."""
+    return f"{job_id}-{job_hash[:12]}"
+
+
 def output_dir(job: Mapping[str, Any]) -> Path:
     """This job's output folder (not created)."""
     env = os.environ.get("RECIPE_OUTPUT_DIR")
     if env:
         return Path(env).resolve()
-    return (Path.cwd() / "runs" / job.get("recipe", "recipe") / f"{job['id']}-{job['hash'][:12]}").resolve()
+    return (Path.cwd() / "runs" / job.get("recipe", "recipe") / output_name(job["id"], job["hash"])).resolve()
 
 
 def input_dir(job_id: str, *, needed_by: str = "") -> Path:

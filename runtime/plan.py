@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.plan import FORMAT_VERSION
+from runtime.outputs import output_name
 
 
 class PlanError(ValueError):
@@ -34,8 +35,7 @@ class PlannedJob:
 
     @property
     def output_name(self) -> str:
-        """Folder name of this job's outputs: id plus a short content hash (a changed job gets a new folder)."""
-        return f"{self.id}-{self.hash[:12]}"
+        return output_name(self.id, self.hash)
 
 
 @dataclass(frozen=True)
