@@ -17,6 +17,11 @@ from spec.recipe import Recipe
 FORMAT_VERSION = 1
 
 
+def is_local_path(ref: str) -> bool:
+    """Whether a model or tokenizer reference names a local folder (else a stage name or a Hugging Face id)."""
+    return ref.startswith(("/", "./", "../", "~"))
+
+
 @dataclass
 class Job:
     id: str
@@ -87,7 +92,7 @@ class PlanContext:
             later = stage_names.index(ref) >= index
             self.error(at, f"'{ref}' is {'this stage' if stage_names.index(ref) == index else 'a later stage'}: name an earlier stage" if later else f"stage '{ref}' produces no checkpoint")
             return {"kind": "stage", "stage": ref, "job": ref}, None
-        if ref.startswith(("/", "./", "../", "~")):
+        if is_local_path(ref):
             return {"kind": "path", "path": ref}, None
         if "/" in ref:
             return {"kind": "hf", "id": ref}, None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from compiler.plan import FORMAT_VERSION
+from compiler.plan import FORMAT_VERSION, is_local_path
 from runtime.outputs import input_env_var
 from runtime.plan import Plan, PlannedJob
 
@@ -106,7 +106,7 @@ def _local_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
             here = f"{where}.{key}" if where else key
             if key == "path" and isinstance(value, str):
                 yield here, value
-            elif key == "tokenizer" and isinstance(value, str) and value.startswith(("./", "../", "/", "~")):
+            elif key == "tokenizer" and isinstance(value, str) and is_local_path(value):
                 yield here, value
             else:
                 yield from _local_paths(value, here)
