@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchtitan.components.loss import IGNORE_INDEX
 
-IGNORE = -100
 
 
 def _chunks(tokenizer: Any, texts: Sequence[str], seq_len: int) -> list[list[int]]:
@@ -30,14 +30,17 @@ def _chunks(tokenizer: Any, texts: Sequence[str], seq_len: int) -> list[list[int
     return out
 
 
-def _forward(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def forward_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of `tokens` (one causal sequence per row), gathered into a plain tensor when sharded."""
     from runtime.model_factory import DenseMaskAttention
 
     inner = getattr(getattr(model.config, "first_attention", None), "inner_attention", None)
     if inner is None or isinstance(inner, DenseMaskAttention.Config):
-        return model(tokens)
-    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-    return model(tokens, positions=positions, attention_masks=model.get_attention_masks(positions=positions))
+        logits = model(tokens)
+    else:
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        logits = model(tokens, positions=positions, attention_masks=model.get_attention_masks(positions=positions))
+    return logits.full_tensor() if hasattr(logits, "full_tensor") else logits
 
 
 @torch.no_grad()
@@ -52,16 +55,14 @@ def evaluate_texts(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str],
         batch = chunks[i:i + batch_size]
         width = max(len(c) for c in batch) - 1
         inputs = torch.zeros(len(batch), width, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
         for row, c in enumerate(batch):
             inputs[row, :len(c) - 1] = torch.tensor(c[:-1])
             labels[row, :len(c) - 1] = torch.tensor(c[1:])
-        logits = _forward(model, inputs.to(device)).float()
-        if hasattr(logits, "full_tensor"):
-            logits = logits.full_tensor()
+        logits = forward_logits(model, inputs.to(device)).float()
         labels = labels.to(logits.device)
-        nats += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"))
-        n_tokens += int((labels != IGNORE).sum())
+        nats += float(F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"))
+        n_tokens += int((labels != IGNORE_INDEX).sum())
     if was_training:
         model.train()
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)

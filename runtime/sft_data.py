@@ -26,11 +26,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.utils.data import IterableDataset
+from torchtitan.components.loss import IGNORE_INDEX
 
 from runtime.lm_data import _loader_base, load_source
+from runtime.lm_eval import forward_logits
 from runtime.tokenizer import ASSISTANT, BOS, EOS, USER
 
-IGNORE_INDEX = -100  # torchtitan.components.loss.IGNORE_INDEX
 
 
 def _special_id(tokenizer: Any, token: str) -> int:
@@ -152,12 +153,12 @@ class SFTDataLoader(_loader_base()):  # type: ignore[misc]
 
 
 @torch.no_grad()
+@torch.no_grad()
 def assistant_loss(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[Sequence[Mapping[str, str]]],
                    seq_len: int, *, limit: int = 64, device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean next-token loss on the assistant tokens of the first `limit` conversations, each scored on its own."""
     import torch.nn.functional as F
 
-    from runtime.lm_eval import _forward
 
     was_training = model.training
     model.eval()
@@ -166,9 +167,7 @@ def assistant_loss(model: torch.nn.Module, tokenizer: Any, conversations: Sequen
         tokens, mask = conversation_tokens(tokenizer, messages)
         tokens, mask = tokens[:seq_len + 1], mask[:seq_len + 1]
         labels = torch.tensor([t if m else IGNORE_INDEX for t, m in zip(tokens[1:], mask[1:])], device=device)
-        logits = _forward(model, torch.tensor([tokens[:-1]], device=device)).float()
-        if hasattr(logits, "full_tensor"):
-            logits = logits.full_tensor()
+        logits = forward_logits(model, torch.tensor([tokens[:-1]], device=device)).float()
         nats += float(F.cross_entropy(logits[0], labels.to(logits.device), ignore_index=IGNORE_INDEX,
                                       reduction="sum"))
         n += int((labels != IGNORE_INDEX).sum())
@@ -185,7 +184,6 @@ def _answer_of(reply: str) -> str:
 def exact_match(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Mapping[str, str]], max_len: int, *,
                 device: torch.device | str = "cpu") -> dict[str, Any]:
     """Greedy-decode each `question` (chat template, generation prompt); {"accuracy", "n", "examples"}."""
-    from runtime.lm_eval import _forward
 
     was_training = model.training
     model.eval()
@@ -196,9 +194,7 @@ def exact_match(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Mapping[s
         tokens += tokenizer.encode(ASSISTANT, add_bos=False, add_eos=False)
         start = len(tokens)
         while len(tokens) < max_len:
-            logits = _forward(model, torch.tensor([tokens], device=device))
-            if hasattr(logits, "full_tensor"):
-                logits = logits.full_tensor()
+            logits = forward_logits(model, torch.tensor([tokens], device=device))
             nxt = int(logits[0, -1].argmax())
             if nxt == eos:
                 break
