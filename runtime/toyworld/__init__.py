@@ -11,6 +11,9 @@ on a CPU), plus the post-training sets and a held-out arithmetic eval:
     <out>/sft/{train,validation}.jsonl          {"messages": [user question, assistant solution]}
     <out>/prompts/{train,validation}.jsonl      {"prompt", "answer"}: DPO delta-pair prompts
     <out>/rl/{train,validation}.jsonl           {"prompt", "answer"}: verifiable arithmetic (RLVR)
+    <out>/pairs/{train,validation}.jsonl        {"prompt", "chosen", "rejected", "answer"}: preference
+                                                pairs (chosen: the worked solution; rejected: a weak
+                                                model's slip, never the right answer) for DPO
     <out>/eval/arith.jsonl                      {"question", "prompt", "answer", "op"}: held out
     <out>/manifest.json                         per set: files, documents, characters (tokens
                                                 once the tokenizer is trained), seed and scale

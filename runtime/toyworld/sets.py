@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from runtime.toyworld.settings import EVAL_DOCS, MANIFEST_VERSION, MIN_DOCS, PRETRAIN_SOURCES, TRAIN_DOCS, VALIDATION_FRACTION, rng_for
-from runtime.toyworld.arithmetic import Draw, arithmetic_doc, question, random_problem, raw_prompt, solution
+from runtime.toyworld.arithmetic import Draw, Problem, arithmetic_doc, question, random_problem, raw_prompt, solution
 from runtime.toyworld.prose import code_doc, text_doc, words_doc, words_question
 
 
@@ -40,6 +40,28 @@ def _prompt_doc(rng: random.Random) -> tuple[str, dict[str, Any]]:
     return key, {"prompt": q, "answer": answer}
 
 
+def _flawed_solution(rng: random.Random, p: Problem) -> str:
+    """A weak model's answer to p: a slip in one operand carried through the steps, or right steps and a wrong
+    final line; its answer is never p's."""
+    if rng.random() < 0.5:
+        digits = list(str(p.b))
+        i = rng.randrange(len(digits))
+        digits[i] = str((int(digits[i]) + rng.randint(1, 9)) % 10)
+        slipped = Problem(p.op, p.a, int("".join(digits)))
+        if slipped.op != "-" or slipped.a >= slipped.b:
+            flawed = solution(slipped)
+            if slipped.answer != p.answer:
+                return flawed
+    wrong = p.answer + rng.choice((-1, 1)) * rng.choice((1, 2, 10, 100))
+    return solution(p).rsplit("Answer:", 1)[0] + f"Answer: {wrong}"
+
+
+def _pair_doc(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    p = random_problem(rng, 4)
+    return p.expression, {"prompt": question(p, rng), "chosen": solution(p), "rejected": _flawed_solution(rng, p),
+                          "answer": str(p.answer)}
+
+
 def _rl_doc(rng: random.Random) -> tuple[str, dict[str, Any]]:
     p = random_problem(rng, 3)
     return p.expression, {"prompt": question(p, rng), "answer": str(p.answer)}
@@ -54,6 +76,7 @@ SETS: dict[str, tuple[Draw, bool]] = {
     "sft": (_sft_doc, True),
     "prompts": (_prompt_doc, True),
     "rl": (_rl_doc, True),
+    "pairs": (_pair_doc, True),
 }
 
 
@@ -96,6 +119,8 @@ def record_chars(record: dict[str, Any]) -> int:
         return len(record["text"])
     if "messages" in record:
         return sum(len(m["content"]) for m in record["messages"])
+    if "chosen" in record:
+        return len(record["prompt"]) + len(record["chosen"]) + len(record["rejected"])
     return len(record.get("prompt") or record.get("question") or "")
 
 

@@ -22,6 +22,7 @@ TRAIN_DOCS: dict[str, int] = {
     "sft": 8_000,
     "prompts": 2_000,
     "rl": 2_000,
+    "pairs": 2_000,
 }
 EVAL_DOCS = 500
 
@@ -35,6 +36,7 @@ _OFFSETS: dict[tuple[str, str], int] = {
     ("sft", "validation"): 51, ("sft", "train"): 52,
     ("prompts", "validation"): 61, ("prompts", "train"): 62,
     ("rl", "validation"): 71, ("rl", "train"): 72,
+    ("pairs", "validation"): 81, ("pairs", "train"): 82,
 }
 
 

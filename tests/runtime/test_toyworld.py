@@ -21,7 +21,7 @@ from conftest import subprocess_env
 from runtime import toyworld as tw
 
 SCALE = 0.01
-POST_SETS = ("sft", "prompts", "rl")
+POST_SETS = ("sft", "prompts", "rl", "pairs")
 ALL_SETS = tw.PRETRAIN_SOURCES + POST_SETS
 
 # An independent reading of English number words (the generator's writer is not reused).
@@ -92,7 +92,7 @@ def test_same_seed_same_bytes_other_seed_differs(world: tuple[Path, dict[str, An
     tw.generate(tmp_path / "again", seed=0, scale=SCALE)
     tw.generate(tmp_path / "other", seed=1, scale=SCALE)
     first, again, other = tree_bytes(out), tree_bytes(tmp_path / "again"), tree_bytes(tmp_path / "other")
-    assert len(first) == 16 and first == again
+    assert len(first) == 2 * len(ALL_SETS) + 2 and first == again  # train + validation per set, eval, manifest
     for name in ALL_SETS:
         assert first[f"{name}/train.jsonl"] != other[f"{name}/train.jsonl"], name
     assert first["eval/arith.jsonl"] != other["eval/arith.jsonl"]
@@ -201,6 +201,20 @@ def test_rl_prompts_and_eval_answers_are_correct(world: tuple[Path, dict[str, An
         assert record["answer"] == str(question_answer(record["question"]))
         assert record["prompt"] == f"Question: {record['question']}\n"
         assert record["op"] in record["question"]
+
+
+def test_preference_pairs_prefer_the_right_answer(world: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = world
+    for split in ("train", "validation"):
+        records = read(out / "pairs" / f"{split}.jsonl")
+        assert records
+        for record in records:
+            assert set(record) == {"prompt", "chosen", "rejected", "answer"}
+            assert record["answer"] == str(question_answer(record["prompt"])), record
+            assert final_answer(record["chosen"]) == record["answer"], record
+            _check_steps(record["chosen"])
+            assert final_answer(record["rejected"]) != record["answer"], record
+            assert record["rejected"].splitlines()[-1].startswith("Answer: ")
 
 
 def test_words_documents_are_correct(world: tuple[Path, dict[str, Any]]) -> None:
