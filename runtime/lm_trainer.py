@@ -11,7 +11,8 @@ resume from the latest at `train()` start) and metrics are torchtitan's own. Thi
   1 and N processes start from the same weights (torchtitan's own init of sharded DTensors on a CPU mesh draws
   different numbers per layout). Left unset on GPUs, where building the full model on every rank costs too much.
 - `Config.metrics_path`: every metrics line torchtitan logs is also appended to metrics.jsonl (rank 0) as
-  `{"step", "loss", "lr", "tokens_per_s", "grad_norm", "n_tokens_seen", ...}`.
+  `{"step", "loss", "lr", "tokens_per_s", "grad_norm", "n_tokens_seen", ...}`, plus what `step_metrics()` (a
+  subclass hook, e.g. DPO's reward accuracy) returns.
 - `evaluate(sources)`: per-source held-out loss / bits-per-byte (`runtime.lm_eval`).
 - `export_hf(out_dir, spec)`: gathers the full weights (collective) and writes the HF folder on rank 0.
 
@@ -72,8 +73,19 @@ class RecipeTrainer(Trainer):
         if lr is not None:
             record["lr"] = lr
         self.last_metrics = record
-        if self.metrics_writer is not None:
-            self.metrics_writer.write(record)
+
+    def step_metrics(self) -> dict[str, Any]:
+        """A subclass's own metrics of the step that just ran (called on every rank: may be collective)."""
+        return {}
+
+    def train_step(self, data_iterator: Any) -> None:
+        self.last_metrics = {}
+        super().train_step(data_iterator)
+        extra = self.step_metrics()
+        if self.last_metrics:  # torchtitan logged this step (rank 0)
+            self.last_metrics.update(extra)
+            if self.metrics_writer is not None:
+                self.metrics_writer.write(self.last_metrics)
 
     def load_hf(self, folder: str | Path) -> None:
         """Load HF-named weights (every rank reads the file) into the possibly sharded model."""

@@ -12,8 +12,6 @@
   one longer than a row is cut to `seq_len + 1` tokens. Rows `rank, rank + W, ...` go to data-parallel rank `rank`;
   the state (epoch, cursor, row count, the partial row) is checkpointed.
 - `SFTDataLoader`: torchtitan's `ParallelAwareDataloader` over it (`SFTDataLoader.Config` for `Trainer.Config`).
-- `exact_match(model, tokenizer, rows, max_len)`: greedy-decode each question with the chat template; a hit when the
-  text after the last `Answer:` (or the whole reply) equals `answer`.
 
 Test: `python -m pytest tests/runtime/test_sft.py -q`.
 """
@@ -33,8 +31,7 @@ from runtime.lm_eval import forward_logits
 from runtime.tokenizer import ASSISTANT, BOS, EOS, USER
 
 
-
-def _special_id(tokenizer: Any, token: str) -> int:
+def special_id(tokenizer: Any, token: str) -> int:
     ids = tokenizer.encode(token, add_bos=False, add_eos=False)
     if len(ids) != 1:
         raise ValueError(f"tokenizer: {token} is not a single special token")
@@ -59,6 +56,14 @@ def conversation_tokens(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -
     return tokens, mask
 
 
+def shifted_example(tokenizer: Any, messages: Sequence[Mapping[str, str]], seq_len: int) -> tuple[list[int], list[int]]:
+    """(inputs, labels) of one conversation cut to seq_len + 1 tokens: labels are the next token where it is an
+    assistant token, else IGNORE_INDEX."""
+    tokens, mask = conversation_tokens(tokenizer, messages)
+    tokens, mask = tokens[:seq_len + 1], mask[:seq_len + 1]
+    return tokens[:-1], [t if m else IGNORE_INDEX for t, m in zip(tokens[1:], mask[1:])]
+
+
 class SFTDataset(IterableDataset, Stateful):
     """Packed conversation rows: yields `({"input", "positions"}, labels)`."""
 
@@ -69,7 +74,7 @@ class SFTDataset(IterableDataset, Stateful):
         self.conversations = list(conversations)
         self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
         self.dp_rank, self.dp_world_size = dp_rank, dp_world_size
-        self.pad_id = _special_id(tokenizer, "<|pad|>")
+        self.pad_id = special_id(tokenizer, "<|pad|>")
         self._epoch, self._cursor, self._row = 0, 0, 0
         self._order_cache: tuple[int, list[int]] | None = None
         self._inputs: list[int] = []
@@ -84,15 +89,12 @@ class SFTDataset(IterableDataset, Stateful):
         return self._order_cache[1]
 
     def next_example(self) -> tuple[list[int], list[int]]:
-        """(inputs, labels) of the next conversation: shifted, non-assistant targets ignored, cut to seq_len."""
+        """(inputs, labels) of the next conversation (`shifted_example`)."""
         if self._cursor >= len(self.conversations):
             self._epoch, self._cursor = self._epoch + 1, 0
         messages = self.conversations[self._order()[self._cursor]]
         self._cursor += 1
-        tokens, mask = conversation_tokens(self.tokenizer, messages)
-        tokens, mask = tokens[:self.seq_len + 1], mask[:self.seq_len + 1]
-        labels = [t if m else IGNORE_INDEX for t, m in zip(tokens[1:], mask[1:])]
-        return tokens[:-1], labels
+        return shifted_example(self.tokenizer, messages, self.seq_len)
 
     def _emit(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         n, fill = self.seq_len, self.seq_len - len(self._inputs)
@@ -153,57 +155,21 @@ class SFTDataLoader(_loader_base()):  # type: ignore[misc]
 
 
 @torch.no_grad()
-@torch.no_grad()
 def assistant_loss(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[Sequence[Mapping[str, str]]],
                    seq_len: int, *, limit: int = 64, device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean next-token loss on the assistant tokens of the first `limit` conversations, each scored on its own."""
     import torch.nn.functional as F
 
-
     was_training = model.training
     model.eval()
     nats, n = 0.0, 0
     for messages in list(conversations)[:limit]:
-        tokens, mask = conversation_tokens(tokenizer, messages)
-        tokens, mask = tokens[:seq_len + 1], mask[:seq_len + 1]
-        labels = torch.tensor([t if m else IGNORE_INDEX for t, m in zip(tokens[1:], mask[1:])], device=device)
-        logits = forward_logits(model, torch.tensor([tokens[:-1]], device=device)).float()
+        inputs, label_list = shifted_example(tokenizer, messages, seq_len)
+        labels = torch.tensor(label_list, device=device)
+        logits = forward_logits(model, torch.tensor([inputs], device=device)).float()
         nats += float(F.cross_entropy(logits[0], labels.to(logits.device), ignore_index=IGNORE_INDEX,
                                       reduction="sum"))
         n += int((labels != IGNORE_INDEX).sum())
     if was_training:
         model.train()
     return {"loss": nats / n if n else float("nan"), "tokens": n, "docs": min(limit, len(conversations))}
-
-
-def _answer_of(reply: str) -> str:
-    return (reply.rsplit("Answer:", 1)[-1] if "Answer:" in reply else reply).strip()
-
-
-@torch.no_grad()
-def exact_match(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Mapping[str, str]], max_len: int, *,
-                device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Greedy-decode each `question` (chat template, generation prompt); {"accuracy", "n", "examples"}."""
-
-    was_training = model.training
-    model.eval()
-    eos = _special_id(tokenizer, EOS)
-    hits, examples = 0, []
-    for row in rows:
-        tokens, _ = conversation_tokens(tokenizer, [{"role": "user", "content": row["question"]}])
-        tokens += tokenizer.encode(ASSISTANT, add_bos=False, add_eos=False)
-        start = len(tokens)
-        while len(tokens) < max_len:
-            logits = forward_logits(model, torch.tensor([tokens], device=device))
-            nxt = int(logits[0, -1].argmax())
-            if nxt == eos:
-                break
-            tokens.append(nxt)
-        reply = tokenizer.decode(tokens[start:])
-        hit = _answer_of(reply) == str(row["answer"]).strip()
-        hits += hit
-        if len(examples) < 3:
-            examples.append({"question": row["question"], "reply": reply, "answer": row["answer"], "hit": hit})
-    if was_training:
-        model.train()
-    return {"accuracy": hits / len(rows) if rows else float("nan"), "n": len(rows), "examples": examples}

@@ -109,9 +109,12 @@ def activation_checkpoint_config(kind: str | None) -> Any:
 
 
 def build_trainer_config(job: Mapping[str, Any], out_dir: str | Path, *, init_hf_path: str | Path | None = None,
-                         weights: Mapping[str, float] | None = None, dataloader: Any = None) -> RecipeTrainer.Config:
+                         weights: Mapping[str, float] | None = None, dataloader: Any = None,
+                         config_class: type[RecipeTrainer.Config] = RecipeTrainer.Config,
+                         **trainer_fields: Any) -> RecipeTrainer.Config:
     """The Trainer config for an LM job writing into `out_dir` (weights: the mixture; default from the job;
-    dataloader: another dataloader config, e.g. `runtime.sft_data.SFTDataLoader.Config`, instead of the mixture)."""
+    dataloader: another dataloader config, e.g. `runtime.sft_data.SFTDataLoader.Config`, instead of the mixture;
+    config_class and trainer_fields: a RecipeTrainer subclass's config and its own fields, e.g. DPO's beta)."""
     cfg = job["config"]
     scale, optim = cfg["scale"], cfg["optim"]
     cuda = torch.cuda.is_available()
@@ -121,7 +124,7 @@ def build_trainer_config(job: Mapping[str, Any], out_dir: str | Path, *, init_hf
     model_spec = build_model_spec(spec, name=job["id"])
     out = Path(out_dir)
     steps = int(scale["steps"])
-    return RecipeTrainer.Config(
+    return config_class(
         model_spec=model_spec,
         hf_assets_path=resolve_path(job, cfg["tokenizer"]),
         dump_folder=str(out),
@@ -152,6 +155,7 @@ def build_trainer_config(job: Mapping[str, Any], out_dir: str | Path, *, init_hf
         init_hf_path=str(init_hf_path) if init_hf_path else None,
         init_seed=None if cuda else int(cfg.get("seed", 0)),
         metrics_path=str(out / "metrics.jsonl"),
+        **trainer_fields,
     )
 
 

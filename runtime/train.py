@@ -1,7 +1,8 @@
-"""Language-model training jobs (pretrain, midtrain, long_context) through torchtitan's Trainer.
+"""Training jobs (pretrain, midtrain, long_context, sft, dpo) through torchtitan's Trainer.
 
-Entries for the plan: `runtime.train:run_lm` (LM stages) and `runtime.train:run_sft` (supervised fine-tuning:
-`runtime.sft_data`, same trainer, init, outputs and DONE marker):
+Entries for the plan: `runtime.train:run_lm` (LM stages), `runtime.train:run_sft` (supervised fine-tuning:
+`runtime.sft_data`) and `runtime.train:run_dpo` (`runtime.dpo`); all share the trainer, init, outputs and DONE
+marker:
 
     python -m runtime.run_job --config build/<name>/jobs/<id>/config.json --entry runtime.train:run_lm
 
@@ -203,39 +204,66 @@ def run_lm(job: dict[str, Any]) -> None:
     def evaluate(trainer: Any) -> dict[str, Any]:
         from torchtitan.tools.logging import logger
 
-        evals = trainer.evaluate(held_out_texts(resolve_sources(job)))
+        sources = resolve_sources(job)
+        evals: dict[str, Any] = trainer.evaluate(held_out_texts(sources))
         logger.info(f"{job['id']}: held-out " + ", ".join(f"{k} loss {v['loss']:.3f} bpb {v['bpb']:.3f}"
                                                           for k, v in evals.items()))
-        return evals
+        arith = answer_accuracy(trainer, [s["path"] for s in sources.values() if s.get("path")], chat=False)
+        return {**evals, **arith}
 
     _train_job(job, build_config=lambda out, init: build_trainer_config(job, out, init_hf_path=init, weights=weights),
                evaluate=evaluate, done={"weights": weights})
 
 
-SFT_EVAL_QUESTIONS = 32
+def answer_accuracy(trainer: Any, data_paths: list[str], *, chat: bool) -> dict[str, Any]:
+    """{"arith_exact_match": ...} on the toy world's held-out arithmetic when the job's data is the toy world."""
+    from torchtitan.tools.logging import logger
+
+    from runtime.answer_eval import exact_match, toy_arith_rows
+
+    rows = toy_arith_rows(data_paths)
+    if not rows:
+        return {}
+    result = exact_match(trainer.model_parts[0], trainer.tokenizer, rows, max_len=trainer.config.training.seq_len,
+                         chat=chat, device=trainer.device)
+    logger.info(f"held-out arithmetic exact match {result['accuracy']:.3f} ({result['n']} questions)")
+    return {"arith_exact_match": result}
+
+
+def local_source(job: Mapping[str, Any], data: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A data reference of the job with its local path made absolute, or a producer job's file
+    (`{"from_job", "file"}`: `$RECIPE_INPUT_<JOB>/<file>`)."""
+    from runtime.lm_data import resolve_path
+    from runtime.outputs import input_dir
+
+    source = dict(data)
+    if "from_job" in source:
+        path = input_dir(source.pop("from_job"), needed_by=f"job {job['id']} ({what})") / source.pop("file")
+        if not path.is_file():
+            raise FileNotFoundError(f"job {job['id']}: {what} {path} not found")
+        source["path"] = str(path)
+    elif source.get("path"):
+        source["path"] = resolve_path(job, source["path"])
+    return source
 
 
 def run_sft(job: dict[str, Any]) -> None:
     """Supervised fine-tuning (`runtime.sft_data`: chat template, packed conversations, loss on the assistant's
     tokens only) through the same trainer; eval: held-out loss on the data's `validation` split (assistant tokens
-    only) and greedy exact-match accuracy on the first SFT_EVAL_QUESTIONS of `<data>/../eval/arith.jsonl` when
-    that file exists (the toy world)."""
+    only) and greedy exact-match accuracy on the toy world's held-out arithmetic (`runtime.answer_eval`)."""
     if job["kind"] != "sft":
         raise ValueError(f"run_sft runs sft jobs, not {job['kind']!r}")
-    from runtime.lm_data import resolve_path
     from runtime.sft_data import SFTDataLoader
     from runtime.titan_config import build_trainer_config
 
     cfg = job["config"]
-    source = dict(cfg["data"])
-    if source.get("path"):
-        source["path"] = resolve_path(job, source["path"])
+    source = local_source(job, cfg["data"], "SFT data")
     loader = SFTDataLoader.Config(source=source, seed=int(cfg.get("seed", 0)))
 
     def evaluate(trainer: Any) -> dict[str, Any]:
         from torchtitan.tools.logging import logger
 
-        from runtime.sft_data import assistant_loss, exact_match, load_conversations
+        from runtime.sft_data import assistant_loss, load_conversations
 
         evals: dict[str, Any] = {}
         model, seq_len = trainer.model_parts[0], trainer.config.training.seq_len
@@ -243,11 +271,7 @@ def run_sft(job: dict[str, Any]) -> None:
         if path is not None and path.is_dir() and (path / "validation.jsonl").is_file():
             evals["validation"] = assistant_loss(model, trainer.tokenizer, load_conversations(source, "validation"),
                                                  seq_len, device=trainer.device)
-        arith = path.parent / "eval" / "arith.jsonl" if path is not None and path.is_dir() else None
-        if arith is not None and arith.is_file():
-            rows = [json.loads(line) for line in arith.read_text(encoding="utf-8").splitlines() if line.strip()]
-            evals["arith_exact_match"] = exact_match(model, trainer.tokenizer, rows[:SFT_EVAL_QUESTIONS],
-                                                     max_len=seq_len, device=trainer.device)
+        evals.update(answer_accuracy(trainer, [str(path)] if path else [], chat=True))
         logger.info(f"{job['id']}: eval {json.dumps(evals)[:500]}")
         return evals
 
@@ -256,13 +280,54 @@ def run_sft(job: dict[str, Any]) -> None:
                evaluate=evaluate, done={"data": source})
 
 
+def run_dpo(job: dict[str, Any]) -> None:
+    """DPO (`runtime.dpo`: sigmoid or length-normalised loss against the frozen `from` model, whose log-probs are
+    computed once) through the same trainer; eval: reward accuracy and margin on the data's `validation` split
+    (when there is one) and greedy exact-match accuracy on the toy world's held-out arithmetic."""
+    if job["kind"] != "dpo":
+        raise ValueError(f"run_dpo runs dpo jobs, not {job['kind']!r}")
+    from runtime.dpo import DPODataLoader, DPOTrainer
+    from runtime.titan_config import build_trainer_config
+
+    cfg = job["config"]
+    dpo = cfg["dpo"]
+    if dpo.get("reference") != cfg.get("init"):
+        raise NotImplementedError(f"job {job['id']}: a DPO reference other than the initial weights")
+    if (cfg.get("init") or {}).get("kind", "random") == "random":
+        raise ValueError(f"job {job['id']}: DPO needs a `from` model (the policy's start and the frozen reference)")
+    source = local_source(job, cfg["data"], "preference pairs")
+    path = Path(source["path"]) if source.get("path") else None
+    held_out = ({**source, "split": "validation"}
+                if path is not None and path.is_dir() and (path / "validation.jsonl").is_file() else None)
+    loader = DPODataLoader.Config(source=source, seed=int(cfg.get("seed", 0)))
+
+    def evaluate(trainer: Any) -> dict[str, Any]:
+        from torchtitan.tools.logging import logger
+
+        evals: dict[str, Any] = {}
+        pairs = trainer.evaluate_held_out()
+        if pairs is not None:
+            evals["held_out_pairs"] = pairs
+            logger.info(f"{job['id']}: held-out pairs reward accuracy {pairs['reward_accuracy']:.3f}, margin "
+                        f"{pairs['reward_margin']:.4f} ({pairs['pairs']} pairs)")
+        evals.update(answer_accuracy(trainer, [str(path)] if path else [], chat=True))
+        return evals
+
+    _train_job(job, build_config=lambda out, init: build_trainer_config(
+        job, out, init_hf_path=init, dataloader=loader, config_class=DPOTrainer.Config, beta=float(dpo["beta"]),
+        dpo_loss=dpo["loss"], held_out=held_out), evaluate=evaluate, done={"data": source, "dpo": dpo})
+
+
+RUNNERS = {**{kind: run_lm for kind in LM_KINDS}, "sft": run_sft, "dpo": run_dpo}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m runtime.train --job JOB.json`: run one LM or SFT job (what torchrun starts in every process)."""
+    """`python -m runtime.train --job JOB.json`: run one training job (what torchrun starts in every process)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--job", required=True, type=Path)
     args = parser.parse_args(argv)
     job = json.loads(args.job.read_text(encoding="utf-8"))
-    (run_sft if job["kind"] == "sft" else run_lm)(job)
+    RUNNERS[job["kind"]](job)
     return 0
 
 
