@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun jobs even when DONE.json is present (with --only: the named jobs)")
     p.add_argument("--runs", default="runs", help="run folder (default: runs); writes RUNS/<name>/")
     p.add_argument("--only", nargs="+", metavar="JOB", help="run these jobs and their ancestors that are not cached")
+    p.add_argument("--skip-unimplemented", action="store_true",
+                   help="skip jobs the runtime cannot run yet (and what depends on them) instead of refusing; the report lists them")
     p.add_argument("--build", default="build", help="where a recipe is compiled to (default: build)")
     _add_sets(p)
     return parser
@@ -116,7 +118,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from runtime.launch import LaunchError, launch
 
     try:
-        return launch(plan_path, executor=args.executor, runs=args.runs, force=args.force, only=args.only, dry_run=args.dry_run)
+        return launch(plan_path, executor=args.executor, runs=args.runs, force=args.force, only=args.only,
+                      dry_run=args.dry_run, skip_unimplemented=args.skip_unimplemented)
     except LaunchError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)

@@ -22,6 +22,8 @@ if os.environ.get("CI"):
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
 TINY = RECIPES / "tiny-think.yaml"
+# tiny-think with the blocks its runtime does not run yet (RegMix, delta pairs): the compiler's tests of them
+TINY_FULL = Path(__file__).resolve().parent / "compiler" / "recipes" / "tiny-think-full.yaml"
 
 # One diagnostic line: FILE:LINE:COL: message, where FILE is a path without ':' or a `<--set ...>` pseudo-file.
 DIAGNOSTIC = re.compile(r"^(?:<--set .*>|[^:\n]+):\d+:\d+: .+$")
@@ -164,6 +166,11 @@ def edit(text: str, old: str, new: str, count: int = 1) -> str:
 @pytest.fixture
 def tiny_text() -> str:
     return TINY.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def tiny_full_text() -> str:
+    return TINY_FULL.read_text(encoding="utf-8")
 
 
 def descendants(plan: dict, job_id: str) -> set[str]:

@@ -1,6 +1,7 @@
 """`recipe launch`: run a compiled plan's jobs, with caching, run state and a report.
 
     recipe launch R.yaml|build/<name>/plan.json [--executor local] [--dry-run] [--force] [--runs DIR] [--only JOB ...]
+                  [--skip-unimplemented]
 
 Given a recipe, the CLI compiles it into build/ first; given a plan.json, that exact plan runs (the
 recipe is never re-resolved). Outputs: RUNS/<recipe>/<id>-<hash[:12]>/ per job (config.json, job.json
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from runtime.launch.prepare import LaunchError, LaunchPlan, decide, preflight
+from runtime.launch.prepare import skip_unimplemented as skip_unimplemented_jobs
 from runtime.launch.state import JobState, RunState
 
 
@@ -41,8 +43,8 @@ def dry_run_text(launch: LaunchPlan) -> str:
 
 
 def launch(plan_path: str | Path, *, executor: str = "local", runs: str | Path = "runs", force: bool = False,
-           only: list[str] | None = None, dry_run: bool = False, stream: TextIO | None = None,
-           live: bool | None = None) -> int:
+           only: list[str] | None = None, dry_run: bool = False, skip_unimplemented: bool = False,
+           stream: TextIO | None = None, live: bool | None = None) -> int:
     """Launch a plan.json; return the exit code (0 all done or cached, 1 a job failed). Raises LaunchError."""
     import sys
 
@@ -56,6 +58,8 @@ def launch(plan_path: str | Path, *, executor: str = "local", runs: str | Path =
     except PlanError as exc:
         raise LaunchError([str(exc)]) from None
     decisions = decide(plan, Path(runs), force=force, only=only)
+    if skip_unimplemented:
+        skip_unimplemented_jobs(decisions)
     preflight(decisions)
     if dry_run:
         print(dry_run_text(decisions), file=out)

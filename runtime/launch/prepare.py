@@ -9,6 +9,8 @@ Rules (also in `recipe launch --help`):
 - Only jobs that will run need their entry: a selected, uncached job whose entry the runtime lacks fails
   the launch up front (`<job>: not implemented yet: <kind> (<entry>)`), as do missing local
   tokenizer / data paths (resolved against the plan's recipe_dir). Cached and skipped jobs are not checked.
+  With `--skip-unimplemented` such jobs, and every job below them, are skipped instead, and the report
+  says so.
 """
 from __future__ import annotations
 
@@ -98,6 +100,44 @@ def decide(plan: Plan, runs: Path, *, force: bool = False, only: list[str] | Non
     return out
 
 
+def implemented(job: PlannedJob) -> bool:
+    """Whether the runtime has the job's entry (an entry that fails to import counts as present: preflight
+    reports the import error)."""
+    from runtime.run_job import resolve_entry
+
+    try:
+        return resolve_entry(job.entry) is not None
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def skip_unimplemented(launch: LaunchPlan) -> list[str]:
+    """`--skip-unimplemented`: jobs that would run but whose entry the runtime lacks are skipped, and so is every
+    job below them (and their RL group); returns the skipped ids. The report lists them with the reason."""
+    skipped: list[str] = []
+    blocked: dict[str, str] = {}  # job -> the unimplemented job it waits for
+    for job_id, decision in launch.decisions.items():  # plan order: parents before children
+        if decision.action != "run":
+            continue
+        job = decision.job
+        if not implemented(job):
+            blocked[job_id] = job_id
+            decision.action, decision.why = "skipped", f"not implemented yet: {job.kind}"
+        elif waits := [blocked[p] for p in job.depends_on if p in blocked]:
+            blocked[job_id] = waits[0]
+            decision.action, decision.why = "skipped", f"needs {waits[0]} (not implemented yet)"
+        else:
+            continue
+        skipped.append(job_id)
+    for decision in launch.decisions.values():  # a group runs together or not at all
+        group = decision.job.group
+        if decision.action == "run" and group and any(
+                d.job.group == group and d.job.id in blocked for d in launch.decisions.values()):
+            decision.action, decision.why = "skipped", f"group {group} has a job not implemented yet"
+            skipped.append(decision.job.id)
+    return skipped
+
+
 def _local_paths(config: Any, where: str = "") -> Iterator[tuple[str, str]]:
     """(field path, value) of every local path in a job config: `tokenizer` values that look like
     paths (./ ../ / ~) and every `path` of a data source (Hugging Face ids live under `hf`)."""
@@ -128,7 +168,8 @@ def preflight(launch: LaunchPlan) -> None:
             problems.append(f"{job.id}: cannot import {job.entry}: {exc.__class__.__name__}: {exc}")
         else:
             if function is None:
-                problems.append(f"{job.id}: not implemented yet: {job.kind} ({job.entry})")
+                problems.append(f"{job.id}: not implemented yet: {job.kind} ({job.entry}); "
+                                f"--skip-unimplemented runs the rest")
         for field_path, value in _local_paths(job.config):
             resolved = (launch.plan.recipe_dir / Path(value).expanduser()).resolve()
             if not resolved.exists():

@@ -118,7 +118,7 @@ def test_sft_lr_reruns_sft_and_descendants_only(at_root: Path, capsys: pytest.Ca
     assert jobs["sft"]["fields"] == [{"path": "config.optim.lr", "old": 0.0005, "new": 0.0002}]
     assert all(jobs[j]["change"] == "rerun" and jobs[j]["fields"] == [] for j in below)
     upstream = {j["id"] for j in plan["jobs"]} - rerun
-    assert {"mix-swarm", "pretrain", "midtrain", "long-context"} <= upstream
+    assert {"pretrain", "midtrain", "long-context"} <= upstream
     assert set(data["summary"]["unchanged_jobs"]) == upstream
     # plan order of the new plan
     order = [j["id"] for j in plan["jobs"]]

@@ -381,14 +381,14 @@ def test_unknown_source_in_a_stage_mix(tmp_path: Path) -> None:
     assert "unknown source 'cod'" in lines[0]
 
 
-def test_regmix_min_weights_summing_above_one(tmp_path: Path, tiny_text: str) -> None:
-    text = edit(tiny_text, "min_weight: {text: 0.1}", "min_weight: {text: 0.6, code: 0.5}")
+def test_regmix_min_weights_summing_above_one(tmp_path: Path, tiny_full_text: str) -> None:
+    text = edit(tiny_full_text, "min_weight: {text: 0.1}", "min_weight: {text: 0.6, code: 0.5}")
     message = expect_one(tmp_path, text, "{text: 0.6", "data.mix.constraints.min_weight")
     assert "sum to 1.1 > 1" in message
 
 
-def test_regmix_max_epochs_infeasible(tmp_path: Path, tiny_text: str) -> None:
-    text = edit(tiny_text, "max_epochs: 4", "max_epochs: 0.01")
+def test_regmix_max_epochs_infeasible(tmp_path: Path, tiny_full_text: str) -> None:
+    text = edit(tiny_full_text, "max_epochs: 4", "max_epochs: 0.01")
     path, lines = compile_text(tmp_path, text)
     d = display(path)
     constraints = f"{d}:{line_of(text, 'min_weight:')}:{col_of(text, 'min_weight:')}: data.mix.constraints: "
@@ -400,8 +400,8 @@ def test_regmix_max_epochs_infeasible(tmp_path: Path, tiny_text: str) -> None:
     assert "exceeds its max" in lines[1]
 
 
-def test_regmix_unknown_source_in_constraints(tmp_path: Path, tiny_text: str) -> None:
-    text = edit(tiny_text, "min_weight: {text: 0.1}", "min_weight: {txt: 0.1}")
+def test_regmix_unknown_source_in_constraints(tmp_path: Path, tiny_full_text: str) -> None:
+    text = edit(tiny_full_text, "min_weight: {text: 0.1}", "min_weight: {txt: 0.1}")
     message = expect_one(tmp_path, text, "0.1}", "data.mix.constraints.min_weight.txt")
     assert "did you mean 'text'" in message
 
@@ -460,9 +460,9 @@ def test_local_cluster_with_gpus_needs_a_gpu_type(tmp_path: Path) -> None:
     assert "gpu" in lines[0]
 
 
-def test_slurm_generation_without_gpus_is_a_user_error(tmp_path: Path, tiny_text: str) -> None:
+def test_slurm_generation_without_gpus_is_a_user_error(tmp_path: Path, tiny_full_text: str) -> None:
     """tiny-think asks for 0 GPUs for its proxies, sidecars and generation: on a Slurm cluster each is an error."""
-    path, lines = compile_text(tmp_path, edit(tiny_text, "cluster: local", "cluster: h100-80gb"))
+    path, lines = compile_text(tmp_path, edit(tiny_full_text, "cluster: local", "cluster: h100-80gb"))
     assert any("rollout.gpus" in line for line in lines), lines
     assert any("delta.gpus" in line for line in lines), lines
     assert any("proxy.gpus" in line for line in lines), lines

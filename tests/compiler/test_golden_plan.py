@@ -19,9 +19,13 @@ from compiler.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "plan"
 CASES = {
-    "tiny-think": ["plan.json", "jobs/pretrain/job.sbatch", "jobs/mix-swarm/job.sbatch", "jobs/rlvr/config.json"],
+    "tiny-think": ["plan.json", "jobs/pretrain/job.sbatch", "jobs/dpo/config.json", "jobs/rlvr/config.json"],
+    "tiny-think-full": ["plan.json", "jobs/mix-swarm/job.sbatch", "jobs/dpo-delta-pairs/config.json"],
     "olmo3-7b-think": ["plan.json", "jobs/rlvr-rollout/job.sbatch", "jobs/mix-swarm/job.sbatch", "jobs/long-context/config.json"],
 }
+
+RECIPE_FILES = {name: ROOT / "recipes" / f"{name}.yaml" for name in CASES}
+RECIPE_FILES["tiny-think-full"] = ROOT / "tests" / "compiler" / "recipes" / "tiny-think-full.yaml"
 
 
 def _normalise(rel: str, text: str) -> str:
@@ -35,7 +39,7 @@ def _normalise(rel: str, text: str) -> str:
 
 @pytest.mark.parametrize("recipe", sorted(CASES))
 def test_compiled_files_match_golden(recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compile", str(ROOT / "recipes" / f"{recipe}.yaml"), "-o", str(tmp_path)]) == 0
+    assert main(["compile", str(RECIPE_FILES[recipe]), "-o", str(tmp_path)]) == 0
     capsys.readouterr()
     for rel in CASES[recipe]:
         got = _normalise(rel, (tmp_path / recipe / rel).read_text())
@@ -48,7 +52,7 @@ def test_compiled_files_match_golden(recipe: str, tmp_path: Path, capsys: pytest
 
 @pytest.mark.parametrize("recipe", sorted(CASES))
 def test_every_rendered_script_parses(recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compile", str(ROOT / "recipes" / f"{recipe}.yaml"), "-o", str(tmp_path)]) == 0
+    assert main(["compile", str(RECIPE_FILES[recipe]), "-o", str(tmp_path)]) == 0
     capsys.readouterr()
     scripts = sorted((tmp_path / recipe / "jobs").glob("*/job.sbatch"))
     plan = json.loads((tmp_path / recipe / "plan.json").read_text())
@@ -101,9 +105,9 @@ def test_recompile_replaces_previous_output(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_every_model_job_reads_the_recipe_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compile", str(ROOT / "recipes" / "tiny-think.yaml"), "-o", str(tmp_path)]) == 0
+    assert main(["compile", str(RECIPE_FILES["tiny-think-full"]), "-o", str(tmp_path)]) == 0
     assert "no data.tokenizer" not in capsys.readouterr().out
-    plan = json.loads((tmp_path / "tiny-think" / "plan.json").read_text())
+    plan = json.loads((tmp_path / "tiny-think-full" / "plan.json").read_text())
     readers = [job for job in plan["jobs"] if "model" in job["config"] or "proxy" in job["config"]]
     assert {job["kind"] for job in readers} >= {"pretrain", "sft", "dpo", "rlvr_trainer", "rlvr_rollout", "regmix_swarm"}
     assert all(job["config"]["tokenizer"] == "../data/toy/tokenizer" for job in readers)

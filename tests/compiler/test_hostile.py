@@ -19,7 +19,7 @@ import yaml
 
 from compiler.located import to_plain
 from compiler.yaml_load import parse_yaml
-from conftest import DIAGNOSTIC, MINIMAL, TINY, edit, run_main
+from conftest import DIAGNOSTIC, MINIMAL, TINY, TINY_FULL, edit, run_main
 
 HOSTILE = [
     "$(touch PWNED)",
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(BASH is None, reason="bash is needed to run the 
 
 
 def tiny_tree() -> dict[str, Any]:
-    return to_plain(parse_yaml(TINY.read_text(encoding="utf-8"), "tiny-think.yaml"))
+    return to_plain(parse_yaml(TINY_FULL.read_text(encoding="utf-8"), "tiny-think-full.yaml"))
 
 
 def stage(tree: dict[str, Any], name: str) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def test_hostile_text_is_inert_and_kept(tmp_path: Path, h: str) -> None:
     out = tmp_path / "build"
     result = run_main(["compile", recipe, "-o", out])
     assert result.code == 0, result.err
-    build = out / "tiny-think"
+    build = out / "tiny-think-full"
 
     run_scripts(build, tmp_path)
     assert pwned(tmp_path) == [], "an injected command ran"

@@ -10,23 +10,24 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, TINY, run_main
+from conftest import REPO, TINY_FULL, run_main
 
 HERE = Path(__file__).resolve().parent
+NAME = "tiny-think-full"  # the tiny pipeline with every job kind (mix search, delta pairs): the executor runs them all
 TOY = ["arithmetic", "words", "code", "text", "sft", "prompts", "rl", "tokenizer"]
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny-think (3 swarm proxies) compiled in a scratch tree with empty toy-world folders: its plan.json."""
+    """tiny-think-full (3 swarm proxies) compiled in a scratch tree with empty toy-world folders: its plan.json."""
     root = tmp_path_factory.mktemp("launch")
     (root / "recipes").mkdir()
-    shutil.copy(TINY, root / "recipes" / TINY.name)
+    shutil.copy(TINY_FULL, root / "recipes" / TINY_FULL.name)  # its ../data/toy paths resolve in this tree
     for name in TOY:
         (root / "data" / "toy" / name).mkdir(parents=True)
-    result = run_main(["compile", root / "recipes" / TINY.name, "-o", root / "build", "--set", "data.mix.swarm_size=3"])
+    result = run_main(["compile", root / "recipes" / TINY_FULL.name, "-o", root / "build", "--set", "data.mix.swarm_size=3"])
     assert result.code == 0, result.err
-    return root / "build" / "tiny-think" / "plan.json"
+    return root / "build" / NAME / "plan.json"
 
 
 @pytest.fixture(autouse=True)
@@ -51,14 +52,14 @@ def write_plan(compiled: Path, name: str, entries: dict[str, str] | None = None,
 
 def launch(plan: Path, runs: Path, *extra: object) -> Any:
     result = run_main(["launch", plan, "--runs", runs, *extra])
-    state_file = runs / "tiny-think" / "state.json"
+    state_file = runs / NAME / "state.json"
     if state_file.exists():
         json.loads(state_file.read_text())  # valid JSON after every launch
     return result
 
 
 def state(runs: Path) -> dict[str, dict[str, Any]]:
-    return json.loads((runs / "tiny-think" / "state.json").read_text())["jobs"]
+    return json.loads((runs / NAME / "state.json").read_text())["jobs"]
 
 
 def records(runs: Path, job_id: str) -> list[dict[str, Any]]:
@@ -98,7 +99,7 @@ def test_runs_in_dependency_order_with_inputs_groups_and_provenance(compiled: Pa
     for group in {j["group"] for j in plan["jobs"] if j["group"]}:
         members = [records(tmp_path, j["id"])[0] for j in plan["jobs"] if j["group"] == group]
         assert len(members) == 2 and max(m["start"] for m in members) < min(m["end"] for m in members)
-    report = json.loads((tmp_path / "tiny-think" / "report.json").read_text())
+    report = json.loads((tmp_path / NAME / "report.json").read_text())
     assert report["ok"] and report["jobs"]["sft"]["final_loss"] == 1.25
     assert "loss 1.2500" in result.out
 
@@ -106,7 +107,7 @@ def test_runs_in_dependency_order_with_inputs_groups_and_provenance(compiled: Pa
 def test_cache_dry_run_force_and_one_edited_hash(compiled: Path, tmp_path: Path) -> None:
     plan_path = write_plan(compiled, "cache")
     dry = launch(plan_path, tmp_path, "--dry-run")
-    assert dry.code == 0 and "no output yet" in dry.out and not tmp_path.joinpath("tiny-think").exists()
+    assert dry.code == 0 and "no output yet" in dry.out and not tmp_path.joinpath(NAME).exists()
     assert launch(plan_path, tmp_path).code == 0
     ids = list(state(tmp_path))
     assert launch(plan_path, tmp_path).code == 0
@@ -137,7 +138,7 @@ def test_a_failing_job_cancels_its_dependents(compiled: Path, tmp_path: Path) ->
         assert jobs[job_id]["state"] == "cancelled", job_id
         assert calls(tmp_path, job_id) == 0
     assert all(jobs[j]["state"] == "done" for j in ["mix-swarm", "mix-fit", "mix-solve", "pretrain", "midtrain"])
-    assert json.loads((tmp_path / "tiny-think" / "report.json").read_text())["ok"] is False
+    assert json.loads((tmp_path / NAME / "report.json").read_text())["ok"] is False
     assert not (Path(jobs["long-context"]["output_dir"]) / "DONE.json").exists()
 
 
@@ -146,10 +147,10 @@ def test_missing_entries_fail_up_front_unless_not_run(compiled: Path, tmp_path: 
     result = launch(plan_path, tmp_path)
     assert result.code == 2
     assert result.err_lines == [
-        "dpo: not implemented yet: dpo (runtime.nope:run_dpo)",
-        "rlvr: not implemented yet: rlvr_trainer (launch_entries:no_such_function)",
+        "dpo: not implemented yet: dpo (runtime.nope:run_dpo); --skip-unimplemented runs the rest",
+        "rlvr: not implemented yet: rlvr_trainer (launch_entries:no_such_function); --skip-unimplemented runs the rest",
     ]
-    assert not (tmp_path / "tiny-think").exists()
+    assert not (tmp_path / NAME).exists()
     assert launch(plan_path, tmp_path, "--dry-run").code == 2
     # Jobs outside --only (and not ancestors of it) are not run, so they need no entry.
     result = launch(plan_path, tmp_path, "--only", "mix-fit")
@@ -159,6 +160,21 @@ def test_missing_entries_fail_up_front_unless_not_run(compiled: Path, tmp_path: 
     assert jobs["dpo"]["state"] == "skipped"
 
 
+def test_skip_unimplemented_runs_the_rest_and_reports_what_it_skipped(compiled: Path, tmp_path: Path) -> None:
+    plan_path = write_plan(compiled, "skip", {"dpo-delta-pairs": "runtime.nope:run", "rlvr-rollout": "runtime.nope:run"})
+    result = launch(plan_path, tmp_path, "--skip-unimplemented")
+    assert result.code == 0, result.err
+    jobs = state(tmp_path)
+    assert jobs["dpo-delta-pairs"]["state"] == "skipped" and "not implemented yet: delta_pairs" in jobs["dpo-delta-pairs"]["reason"]
+    assert jobs["dpo"]["state"] == "skipped" and "needs dpo-delta-pairs" in jobs["dpo"]["reason"]
+    for job_id in ("rlvr", "rlvr-rollout", "rlvr-random-reward", "rlvr-random-reward-rollout"):  # below dpo, or its group
+        assert jobs[job_id]["state"] == "skipped" and calls(tmp_path, job_id) == 0, job_id
+    assert all(jobs[j]["state"] == "done" for j in ["mix-swarm", "mix-fit", "mix-solve", "pretrain", "sft"])
+    report = json.loads((tmp_path / NAME / "report.json").read_text())
+    assert report["ok"] is True
+    assert "not implemented yet" in result.out
+
+
 def test_missing_local_paths_fail_up_front(compiled: Path, tmp_path: Path) -> None:
     def edit(plan: dict[str, Any]) -> None:
         next(j for j in plan["jobs"] if j["id"] == "sft")["config"]["tokenizer"] = "../data/toy/missing-tokenizer"
@@ -166,18 +182,18 @@ def test_missing_local_paths_fail_up_front(compiled: Path, tmp_path: Path) -> No
     result = launch(write_plan(compiled, "paths", edit=edit), tmp_path)
     assert result.code == 2
     assert len(result.err_lines) == 1 and result.err_lines[0].startswith("sft: tokenizer: ../data/toy/missing-tokenizer not found")
-    assert not (tmp_path / "tiny-think").exists()
+    assert not (tmp_path / NAME).exists()
 
 
 def test_launching_a_recipe_compiles_it_first(compiled: Path, tmp_path: Path) -> None:
-    recipe = compiled.parents[2] / "recipes" / TINY.name
+    recipe = compiled.parents[2] / "recipes" / TINY_FULL.name
     result = run_main(["launch", recipe, "--build", tmp_path / "build", "--runs", tmp_path / "runs", "--dry-run",
                        "--set", "data.mix.swarm_size=3"])
-    assert (tmp_path / "build" / "tiny-think" / "plan.json").exists()
+    assert (tmp_path / "build" / NAME / "plan.json").exists()
     from runtime.run_job import resolve_entry
 
-    plan = json.loads((tmp_path / "build" / "tiny-think" / "plan.json").read_text())
-    missing = [f"{j['id']}: not implemented yet: {j['kind']} ({j['entry']})" for j in plan["jobs"] if resolve_entry(j["entry"]) is None]
+    plan = json.loads((tmp_path / "build" / NAME / "plan.json").read_text())
+    missing = [f"{j['id']}: not implemented yet: {j['kind']} ({j['entry']}); --skip-unimplemented runs the rest" for j in plan["jobs"] if resolve_entry(j["entry"]) is None]
     assert result.code == (2 if missing else 0)
     assert all(line in result.err_lines for line in missing)
     assert not (tmp_path / "runs").exists()
