@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                     "into RUNS/<name>/<id>-<hash12>/. A job whose folder holds DONE.json is cached. Only jobs that will "
                     "run need their entry: a missing one fails the launch before anything starts (exit 2).")
     p.add_argument("target", metavar="R.yaml|plan.json")
-    p.add_argument("--executor", default="local", help="where jobs run (default: local)")
+    p.add_argument("--executor", choices=["local", "slurm"], default=None,
+                   help="where jobs run (default: slurm when the recipe's cluster is a Slurm cluster, else local)")
     p.add_argument("--dry-run", action="store_true", help="print what would run, what is cached and why; start nothing")
     p.add_argument("--force", action="store_true", help="rerun jobs even when DONE.json is present (with --only: the named jobs)")
     p.add_argument("--runs", default="runs", help="run folder (default: runs); writes RUNS/<name>/")

@@ -6,7 +6,7 @@ The compiler writes the plan (compiler/plan.py); everything that runs jobs reads
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Plan:
     name: str
     recipe_dir: Path
     jobs: tuple[PlannedJob, ...]
+    cluster: dict[str, Any] = field(default_factory=dict)  # the resolved cluster: kind, setup lines, ...
 
     def job(self, job_id: str) -> PlannedJob:
         for job in self.jobs:
@@ -74,4 +75,5 @@ def load_plan(path: str | Path) -> Plan:
         seen.add(raw["id"])
         jobs.append(PlannedJob(**{**raw, "depends_on": tuple(raw["depends_on"])}))
     recipe_dir = (path.parent / data.get("recipe_dir", ".")).resolve()
-    return Plan(path=path, name=data["recipe"]["name"], recipe_dir=recipe_dir, jobs=tuple(jobs))
+    return Plan(path=path, name=data["recipe"]["name"], recipe_dir=recipe_dir, jobs=tuple(jobs),
+                cluster=dict(data.get("cluster") or {}))

@@ -1,6 +1,6 @@
 """`recipe launch`: run a compiled plan's jobs, with caching, run state and a report.
 
-    recipe launch R.yaml|build/<name>/plan.json [--executor local] [--dry-run] [--force] [--runs DIR] [--only JOB ...]
+    recipe launch R.yaml|build/<name>/plan.json [--executor local|slurm] [--dry-run] [--force] [--runs DIR] [--only JOB ...]
                   [--skip-unimplemented]
 
 Given a recipe, the CLI compiles it into build/ first; given a plan.json, that exact plan runs (the
@@ -9,8 +9,10 @@ with the git commit and a hash of uncommitted changes, logs/, what the job write
 RUNS/<recipe>/state.json (atomic, after every change) and RUNS/<recipe>/report.json.
 Which jobs run, are cached or skipped, and what is checked up front: runtime/launch/prepare.py.
 
-Executors are a registry (EXECUTORS): "local" (submitit's LocalExecutor) today; Slurm comes next
-(a class with the LocalLauncher interface: __init__(launch, state, on_change), run() -> bool).
+Executors are a registry (EXECUTORS) of classes with one interface: __init__(launch, state, on_change),
+run() -> bool. "local" (submitit's LocalExecutor; runtime/launch/local.py) and "slurm" (submitit's
+AutoExecutor; runtime/launch/slurm.py). The default is the plan's cluster kind: slurm for a Slurm cluster,
+else local.
 """
 from __future__ import annotations
 
@@ -28,7 +30,18 @@ def _local(*args: Any, **kwargs: Any) -> Any:
     return LocalLauncher(*args, **kwargs)
 
 
-EXECUTORS: dict[str, Callable[..., Any]] = {"local": _local}
+def _slurm(*args: Any, **kwargs: Any) -> Any:
+    from runtime.launch.slurm import SlurmLauncher
+
+    return SlurmLauncher(*args, **kwargs)
+
+
+EXECUTORS: dict[str, Callable[..., Any]] = {"local": _local, "slurm": _slurm}
+
+
+def default_executor(plan: Any) -> str:
+    """The plan's cluster decides: a Slurm cluster runs on Slurm, anything else locally."""
+    return "slurm" if plan.cluster.get("kind") == "slurm" else "local"
 
 
 def dry_run_text(launch: LaunchPlan) -> str:
@@ -42,7 +55,7 @@ def dry_run_text(launch: LaunchPlan) -> str:
     return "\n".join(lines)
 
 
-def launch(plan_path: str | Path, *, executor: str = "local", runs: str | Path = "runs", force: bool = False,
+def launch(plan_path: str | Path, *, executor: str | None = None, runs: str | Path = "runs", force: bool = False,
            only: list[str] | None = None, dry_run: bool = False, skip_unimplemented: bool = False,
            stream: TextIO | None = None, live: bool | None = None) -> int:
     """Launch a plan.json; return the exit code (0 all done or cached, 1 a job failed). Raises LaunchError."""
@@ -51,12 +64,13 @@ def launch(plan_path: str | Path, *, executor: str = "local", runs: str | Path =
     from runtime.plan import PlanError, load_plan
 
     out = stream or sys.stdout
-    if executor not in EXECUTORS:
+    if executor is not None and executor not in EXECUTORS:
         raise LaunchError([f"--executor {executor}: unknown executor (have: {', '.join(EXECUTORS)})"])
     try:
         plan = load_plan(plan_path)
     except PlanError as exc:
         raise LaunchError([str(exc)]) from None
+    executor = executor or default_executor(plan)
     decisions = decide(plan, Path(runs), force=force, only=only)
     if skip_unimplemented:
         skip_unimplemented_jobs(decisions)

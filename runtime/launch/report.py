@@ -48,9 +48,10 @@ def _short(summary: dict[str, Any]) -> str:
 
 
 def _headline(value: Any) -> str:
-    """A number as 4 significant digits; a per-source eval dict as its bits-per-byte (else its loss)."""
+    """A number as 4 significant digits; an eval dict as its headline: bits-per-byte, reward accuracy, accuracy or
+    loss, the first it has."""
     if isinstance(value, dict):
-        for key in ("bpb", "loss", "accuracy"):
+        for key in ("bpb", "reward_accuracy", "accuracy", "loss"):
             if isinstance(value.get(key), (int, float)):
                 return f"{key} {value[key]:.4g}"
         return "{...}"

@@ -1,0 +1,219 @@
+"""The Slurm executor: submits a launch's jobs through submitit's AutoExecutor, all at once, ordered by Slurm.
+
+- Resources come from the plan (what was reviewed is what runs): nodes, GPUs per node (`--gpus-per-node`), CPUs
+  per task, memory per node, time limit, partition, account, qos, and the cluster's setup lines before the task.
+  A job with `processes` > 1 runs one Slurm task per process (`tasks_per_node` = processes / nodes); the task
+  exports torch.distributed's variables from Slurm's (`submitit.helpers.TorchDistributedEnvironment`).
+- Order: every job is submitted at once with `--dependency=afterok:<parents' Slurm ids>` (cached parents need
+  none); a failed job makes Slurm cancel its dependents (the cluster runs with
+  `DependencyParameters=kill_invalid_depend`; scripts/slurm-local sets it).
+- Arrays: a swarm is one job array (`submitit`'s batch), at most `array.parallelism` tasks at a time, each task
+  with RECIPE_ARRAY_INDEX / RECIPE_ARRAY_SIZE.
+- RL groups (trainer + rollout sidecar) are submitted together with the same dependencies; they find each other
+  through their output folders (`RECIPE_INPUT_<JOB>`). Slurm does not co-schedule two separate jobs: a
+  heterogeneous job is the next step when the RL runtime lands.
+- Faults: the task is `submitit.helpers.Checkpointable`: on a time limit or preemption submitit requeues it and it
+  resumes from its last checkpoint (the trainers resume from their latest DCP checkpoint by themselves).
+- Watching: after submitting, the launcher follows the jobs (submitit's sacct watcher) and keeps
+  runs/<recipe>/state.json current (Slurm ids, state, reason), until every job ended. Ctrl-C stops watching
+  only: the jobs stay queued on the cluster.
+
+Used by `recipe launch --executor slurm` (runtime/launch/__init__.py). Tested against a real single-node cluster
+(scripts/slurm-local; tests/slurm/test_slurm_launch.py).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from runtime.launch.local import _failure_reason, _repo_on_pythonpath
+from runtime.launch.prepare import DONE, LaunchPlan, git_provenance, job_config, job_env
+from runtime.launch.state import RunState, write_json_atomically
+from runtime.plan import PlannedJob
+
+POLL_S = 2.0
+ENDED_OK = {"COMPLETED"}
+ENDED_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
+def time_limit_minutes(value: str | None) -> int | None:
+    """'[D-]HH:MM:SS' (or MM, HH:MM) -> minutes, rounded up; None when unset."""
+    if not value:
+        return None
+    days, _, clock = value.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts[-3:]
+    return (int(days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+
+
+def slurm_parameters(job: PlannedJob, setup: list[str]) -> dict[str, Any]:
+    """submitit AutoExecutor parameters for one planned job."""
+    res = job.resources
+    nodes = int(res.get("nodes") or 1)
+    processes = int(res.get("processes") or 1)
+    tasks_per_node = max(1, processes // nodes)
+    cpus = int(res.get("cpus_per_node") or 1)
+    params: dict[str, Any] = {
+        "name": f"{job.id}",
+        "nodes": nodes,
+        "tasks_per_node": tasks_per_node,
+        "cpus_per_task": max(1, cpus // tasks_per_node),
+        "timeout_min": time_limit_minutes(res.get("time_limit")) or 60,
+        "slurm_setup": list(setup),
+    }
+    if res.get("memory_gib_per_node"):
+        params["mem_gb"] = int(res["memory_gib_per_node"])
+    if int(res.get("gpus_per_node") or 0) > 0:
+        params["gpus_per_node"] = int(res["gpus_per_node"])
+    for key in ("partition", "account", "qos"):
+        if res.get(key):
+            params[f"slurm_{key}"] = res[key]
+    if job.array:
+        params["slurm_array_parallelism"] = int(job.array.get("parallelism") or job.array["size"])
+    return params
+
+
+def _master_id(job_id: str) -> str:
+    """An array task's id '123_4' -> '123' (afterok on the master waits for every task)."""
+    return job_id.split("_")[0]
+
+
+class SlurmTask:
+    """What each Slurm task runs: `run_task`, requeued by submitit on a time limit or preemption."""
+
+    def __init__(self, config_path: str, entry: str, env: dict[str, str]) -> None:
+        self.config_path, self.entry, self.env = config_path, entry, env
+
+    def __call__(self) -> Any:
+        import os
+
+        from runtime.launch.task import run_task
+
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            from submitit.helpers import TorchDistributedEnvironment
+
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return run_task(self.config_path, self.entry, self.env)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Requeue as is: the job resumes from its own latest checkpoint."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(SlurmTask(self.config_path, self.entry, self.env))
+
+
+class SlurmLauncher:
+    """Submit every job a LaunchPlan marks "run", then follow them to the end; report every change to `state`."""
+
+    name = "slurm"
+
+    def __init__(self, launch: LaunchPlan, state: RunState, on_change: Callable[[], None] = lambda: None,
+                 *, poll_s: float = POLL_S) -> None:
+        self.launch, self.state, self.on_change, self.poll_s = launch, state, on_change, poll_s
+        self.provenance = git_provenance()
+        self.submitted: dict[str, list[Any]] = {}  # job id -> submitit jobs (one per array task)
+        self.setup = list(launch.plan.cluster.get("setup") or [])
+
+    def _set(self, job_id: str, state: str, reason: str | None = None, **extra: Any) -> None:
+        self.state.set(job_id, state, reason, **extra)
+        self.on_change()
+
+    def _prepare_folder(self, job: PlannedJob) -> Path:
+        out = self.launch.output_dir(job.id)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DONE).unlink(missing_ok=True)  # --force: a rerun that fails must not look finished
+        config_path = out / "config.json"
+        write_json_atomically(config_path, job_config(self.launch.plan, job))
+        write_json_atomically(out / "job.json", {
+            "id": job.id, "hash": job.hash, "kind": job.kind, "entry": job.entry, "plan": str(self.launch.plan.path),
+            "submitted": time.time(), "executor": self.name, "git": self.provenance,
+        })
+        return config_path
+
+    def _dependency(self, job: PlannedJob) -> str | None:
+        ids = sorted({_master_id(str(sub.job_id)) for p in job.depends_on for sub in self.submitted.get(p, [])})
+        return f"afterok:{':'.join(ids)}" if ids else None
+
+    def submit(self, job: PlannedJob) -> list[Any]:
+        import submitit
+
+        config_path = self._prepare_folder(job)
+        out = self.launch.output_dir(job.id)
+        executor = submitit.AutoExecutor(folder=out / "logs", cluster="slurm")
+        params = slurm_parameters(job, self.setup)
+        dependency = self._dependency(job)
+        if dependency:
+            params["slurm_dependency"] = dependency
+        executor.update_parameters(**params)
+        env = job_env(self.launch, job)
+        size = int((job.array or {}).get("size", 1))
+        with _repo_on_pythonpath():
+            if job.array:
+                with executor.batch():
+                    subs = [executor.submit(SlurmTask(str(config_path), job.entry,
+                                                      {**env, "RECIPE_TASK_INDEX": str(i), "RECIPE_ARRAY_INDEX": str(i),
+                                                       "RECIPE_ARRAY_SIZE": str(size)}))
+                            for i in range(size)]
+            else:
+                subs = [executor.submit(SlurmTask(str(config_path), job.entry, {**env, "RECIPE_TASK_INDEX": "0"}))]
+        self.submitted[job.id] = subs
+        ids = ",".join(str(s.job_id) for s in subs) if len(subs) <= 4 else f"{_master_id(str(subs[0].job_id))}_[0-{size - 1}]"
+        why = self.launch.decisions[job.id].why
+        self._set(job.id, "pending", f"queued ({dependency or 'no dependency'}); {why}", executor_id=ids)
+        return subs
+
+    def _poll(self, job_id: str) -> None:
+        """Move one job's state forward from its tasks' Slurm states."""
+        subs = self.submitted[job_id]
+        states = [str(s.state).split(" ")[0] for s in subs]  # e.g. "CANCELLED by 0"
+        current = self.state.jobs[job_id].state
+        if all(s in ENDED_OK for s in states):
+            done = self.launch.output_dir(job_id) / DONE
+            if not done.exists():
+                write_json_atomically(done, {"job": job_id, "hash": self.state.jobs[job_id].hash,
+                                             "finished": time.time(), "written_by": "launcher"})
+            self._set(job_id, "done", "finished")
+        elif bad := [(i, s) for i, s in enumerate(states) if s in ENDED_BAD]:
+            index, slurm_state = bad[0]
+            if slurm_state == "CANCELLED" and current == "pending" and self._parent_failed(job_id):
+                self._set(job_id, "cancelled", f"parent {self._parent_failed(job_id)} did not finish")
+                return
+            self._set(job_id, "failed", self._reason(job_id, index, slurm_state))
+        elif any(s in ("RUNNING", "COMPLETING") for s in states) and current == "pending":
+            self._set(job_id, "running", "running")
+
+    def _parent_failed(self, job_id: str) -> str | None:
+        job = self.launch.plan.job(job_id)
+        return next((p for p in job.depends_on if self.state.jobs[p].state in ("failed", "cancelled")), None)
+
+    def _reason(self, job_id: str, index: int, slurm_state: str) -> str:
+        sub = self.submitted[job_id][index]
+        where = f"task {index}: " if len(self.submitted[job_id]) > 1 else ""
+        detail = ""
+        if slurm_state == "FAILED":
+            try:
+                exc = sub.exception()
+            except Exception as error:  # noqa: BLE001 - died without a result file
+                exc = error
+            detail = f": {_failure_reason(exc)}" if exc is not None else ""
+        return f"{where}Slurm {slurm_state}{detail}"
+
+    def run(self) -> bool:
+        """Submit everything, then watch until every submitted job ended; True when all finished."""
+        for job in self.launch.plan.jobs:  # plan order: parents are submitted before their children
+            if self.launch.decisions[job.id].action == "run":
+                self.submit(job)
+        try:
+            while any(self.state.jobs[j].state in ("pending", "running") for j in self.submitted):
+                for job_id in self.submitted:
+                    if self.state.jobs[job_id].state in ("pending", "running"):
+                        self._poll(job_id)
+                self.on_change()
+                time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            print(f"stopped watching; the jobs stay queued on the cluster (state: {self.state.path})")
+            raise
+        return all(j.state in ("done", "cached", "skipped") for j in self.state.jobs.values())

@@ -1,0 +1,67 @@
+"""`recipe launch --executor slurm` against the real single-node cluster of scripts/slurm-local, on the compiled
+tiny-think-full plan with the stand-in entries of tests/runtime/launch_entries.py (as tests/runtime/test_launch.py
+does for the local executor): dependencies, arrays, RL groups, caching, failures.
+
+Run: python -m pytest tests/slurm -q   (see tests/slurm/conftest.py; RECIPE_SLURM_TESTS=0 skips)
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+from test_launch import NAME, calls, compiled, entries_importable, launch, records, state, write_plan  # noqa: E402,F401
+
+pytestmark = pytest.mark.slurm
+
+
+def small(plan: dict[str, Any]) -> None:
+    """One CPU and 1 GiB per job, so that the 2-CPU test node runs two at once (an RL group needs both)."""
+    for job in plan["jobs"]:
+        job["resources"].update(cpus_per_node=1, memory_gib_per_node=1, time_limit="00:05:00")
+
+
+def test_slurm_runs_the_plan_in_order_with_arrays_and_groups(slurm_cluster: dict[str, str], compiled: Path,
+                                                             tmp_path: Path) -> None:
+    plan_path = write_plan(compiled, "slurm-order", edit=small)
+    plan = json.loads(plan_path.read_text())
+    result = launch(plan_path, tmp_path, "--executor", "slurm")
+    assert result.code == 0, result.out + result.err
+    jobs = state(tmp_path)
+    assert {j["state"] for j in jobs.values()} == {"done"}, {k: (v["state"], v["reason"]) for k, v in jobs.items()}
+    for job in plan["jobs"]:
+        mine = records(tmp_path, job["id"])
+        assert len(mine) == (job["array"]["size"] if job["array"] else 1)
+        for rec in mine:
+            assert rec["env"]["RECIPE_OUTPUT_DIR"] == jobs[job["id"]]["output_dir"]
+            for parent in job["depends_on"]:
+                assert rec["start"] >= max(r["end"] for r in records(tmp_path, parent))  # afterok held it back
+        assert jobs[job["id"]]["executor_id"]  # the Slurm id(s)
+    swarm = records(tmp_path, "mix-swarm")
+    assert sorted(r["env"]["RECIPE_ARRAY_INDEX"] for r in swarm) == ["0", "1", "2"]
+    slurm_ids = {r["env"].get("RECIPE_ARRAY_INDEX"): r for r in swarm}
+    assert len(slurm_ids) == 3
+    for group in {j["group"] for j in plan["jobs"] if j["group"]}:
+        members = [records(tmp_path, j["id"])[0] for j in plan["jobs"] if j["group"] == group]
+        assert len(members) == 2 and max(m["start"] for m in members) < min(m["end"] for m in members)
+    assert json.loads((tmp_path / NAME / "state.json").read_text())["executor"] == "slurm"
+    # Launching again submits nothing: every job is cached.
+    again = launch(plan_path, tmp_path, "--executor", "slurm")
+    assert again.code == 0 and {j["state"] for j in state(tmp_path).values()} == {"cached"}
+    assert calls(tmp_path, "sft") == 1
+
+
+def test_slurm_failure_cancels_dependents(slurm_cluster: dict[str, str], compiled: Path, tmp_path: Path) -> None:
+    plan_path = write_plan(compiled, "slurm-fail", {"long-context": "launch_entries:fail"}, edit=small)
+    result = launch(plan_path, tmp_path, "--executor", "slurm", "--only", "sft")
+    assert result.code != 0
+    jobs = state(tmp_path)
+    assert jobs["long-context"]["state"] == "failed", jobs["long-context"]
+    assert "FAILED" in jobs["long-context"]["reason"] and "boom" in jobs["long-context"]["reason"]
+    assert jobs["sft"]["state"] == "cancelled" and "long-context" in jobs["sft"]["reason"]
+    assert calls(tmp_path, "sft") == 0
+    assert all(jobs[j]["state"] == "done" for j in ["mix-swarm", "mix-fit", "mix-solve", "pretrain", "midtrain"])
