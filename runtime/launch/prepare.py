@@ -3,6 +3,9 @@
 Rules (also in `recipe launch --help`):
 - A job's output folder is `RUNS/<recipe>/<id>-<hash[:12]>/`; it is *cached* when it holds `DONE.json`
   (the job writes it last), unless `--force`.
+- A job that runs says why: "--force", "no DONE.json (unfinished or failed before)", or for a new hash what
+  changed since the job's last run in RUNS/<recipe>/ ("changed: optim.lr 1e-05 → 2e-05", "parent changed"),
+  or "no output yet".
 - `--only JOB ...` runs those jobs plus every ancestor of theirs that is not cached; the rest is
   "skipped". Without `--only` every job is selected.
 - An RL group (jobs sharing `group`) is one unit: if any member runs, all of them run, together.
@@ -89,8 +92,10 @@ def decide(plan: Plan, runs: Path, *, force: bool = False, only: list[str] | Non
             action, why = "run", "--force"
         elif done[job.id]:
             action, why = "cached", f"{DONE} present"
+        elif folder.exists():
+            action, why = "run", f"no {DONE} (unfinished or failed before)"
         else:
-            action, why = "run", "no output yet" if not folder.exists() else f"no {DONE} (unfinished or failed before)"
+            action, why = "run", why_new_hash(run_dir, job)
         out.decisions[job.id] = Decision(job, folder, action, why)
     # A group runs as one: a cached member reruns with the others.
     for decision in out.decisions.values():
@@ -98,6 +103,41 @@ def decide(plan: Plan, runs: Path, *, force: bool = False, only: list[str] | Non
             if any(d.action == "run" and d.job.group == decision.job.group for d in out.decisions.values()):
                 decision.action, decision.why = "run", f"group {decision.job.group} runs together"
     return out
+
+
+MAX_CHANGES_SHOWN = 3
+
+
+def previous_config(run_dir: Path, job: PlannedJob) -> dict[str, Any] | None:
+    """The config.json of this job's most recent earlier run (another hash) under run_dir, if any."""
+    import json
+
+    folders = [p for p in run_dir.glob(f"{job.id}-*") if p.name != job.output_name and (p / "config.json").is_file()
+               and p.name[len(job.id) + 1:].isalnum()]
+    for folder in sorted(folders, key=lambda p: (p / "config.json").stat().st_mtime, reverse=True):
+        try:
+            return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def why_new_hash(run_dir: Path, job: PlannedJob) -> str:
+    """Why a job without output runs: what changed since its last run ("changed: optim.lr 1e-05 -> 2e-05"),
+    "parent changed" (same config, other inputs), or "no output yet" (never ran)."""
+    from compiler.diff import changed_fields, show
+
+    before = previous_config(run_dir, job)
+    if before is None:
+        return "no output yet"
+    changes = changed_fields(before.get("config"), job.config)  # what the hash covers, but the parents
+    changes += changed_fields(before.get("array"), job.array, "array")
+    changes += changed_fields(before.get("entry"), job.entry, "entry")
+    if not changes:
+        return "parent changed"
+    shown = [f"{c['path']} {show(c['old'], 24)} → {show(c['new'], 24)}" for c in changes[:MAX_CHANGES_SHOWN]]
+    more = f" (+{len(changes) - MAX_CHANGES_SHOWN} more)" if len(changes) > MAX_CHANGES_SHOWN else ""
+    return "changed: " + ", ".join(shown) + more
 
 
 def implemented(job: PlannedJob) -> bool:

@@ -128,6 +128,23 @@ def test_cache_dry_run_force_and_one_edited_hash(compiled: Path, tmp_path: Path)
     assert ran == ["dpo"] and calls(tmp_path, "dpo") == 1 and state(tmp_path)["dpo"]["output_dir"].endswith("dpo-ffffffffffff")
 
 
+def test_a_new_hash_says_what_changed_since_the_last_run(compiled: Path, tmp_path: Path) -> None:
+    assert launch(write_plan(compiled, "why"), tmp_path).code == 0
+
+    def edit(plan: dict[str, Any]) -> None:
+        jobs = {j["id"]: j for j in plan["jobs"]}
+        jobs["sft"]["config"]["optim"]["lr"] = 2e-4
+        jobs["sft"]["hash"] = "a" * 64
+        jobs["dpo"]["hash"] = "b" * 64  # same config, new inputs
+
+    dry = launch(write_plan(compiled, "why-edited", edit=edit), tmp_path, "--dry-run")
+    assert dry.code == 0
+    lines = {line.split()[2]: line for line in dry.out.splitlines() if line.startswith("would run")}
+    assert set(lines) == {"sft", "dpo"}
+    assert "changed: optim.lr 0.0005 → 0.0002" in lines["sft"]
+    assert "parent changed" in lines["dpo"]
+
+
 def test_a_failing_job_cancels_its_dependents(compiled: Path, tmp_path: Path) -> None:
     plan_path = write_plan(compiled, "fail", {"long-context": "launch_entries:fail"})
     result = launch(plan_path, tmp_path)
