@@ -5,7 +5,11 @@
     recipe diff A B [--format text|markdown|json] [--set ...] [--set-old ...] [--set-new ...]   (A, B: files or REV:path)
     recipe git-diff PATH OLD_FILE OLD_HEX OLD_MODE NEW_FILE NEW_HEX NEW_MODE   (git external diff driver)
     recipe schema
-    recipe launch R.yaml|build/<name>/plan.json [--executor local] [--dry-run] [--force] [--runs DIR] [--only JOB ...]
+    recipe launch R.yaml|build/<name>/plan.json [--executor local|slurm] [--dry-run] [--force] [--runs DIR]
+                  [--only JOB ...] [--skip-unimplemented]
+    recipe status RUN [--watch [SECONDS]]
+    recipe logs RUN JOB [--task N] [-f]
+    recipe cancel RUN [JOB ...]
 
 User mistakes print one `file:line:col: path: message` line each and exit 2.
 """
@@ -74,6 +78,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip jobs the runtime cannot run yet (and what depends on them) instead of refusing; the report lists them")
     p.add_argument("--build", default="build", help="where a recipe is compiled to (default: build)")
     _add_sets(p)
+    p = sub.add_parser("status", help="where a launched run stands: a table of its jobs (Slurm states from sacct)")
+    p.add_argument("run", help="runs/<name> or a recipe name")
+    p.add_argument("--runs", default="runs", help="run folder (default: runs)")
+    p.add_argument("--watch", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (default 5) until every job has ended")
+    p = sub.add_parser("logs", help="print (or follow) a job's logs")
+    p.add_argument("run", help="runs/<name> or a recipe name")
+    p.add_argument("job")
+    p.add_argument("--runs", default="runs", help="run folder (default: runs)")
+    p.add_argument("--task", type=int, default=None, help="one task of an array job")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what the job writes until it ends")
+    p = sub.add_parser("cancel", help="cancel a run's unfinished jobs (or the named ones)")
+    p.add_argument("run", help="runs/<name> or a recipe name")
+    p.add_argument("jobs", nargs="*", metavar="JOB")
+    p.add_argument("--runs", default="runs", help="run folder (default: runs)")
     return parser
 
 
@@ -153,6 +172,34 @@ def cmd_git_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_command(function: Callable[..., int], *args: Any, **kwargs: Any) -> int:
+    from runtime.launch.status import StatusError
+
+    try:
+        return function(*args, **kwargs)
+    except StatusError as exc:
+        print(f"recipe: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from runtime.launch.status import status
+
+    return _run_command(status, args.run, runs=args.runs, watch=args.watch)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from runtime.launch.status import logs
+
+    return _run_command(logs, args.run, args.job, runs=args.runs, task=args.task, follow=args.follow)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from runtime.launch.status import cancel
+
+    return _run_command(cancel, args.run, args.jobs or None, runs=args.runs)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from compiler.schema import recipe_schema
 
@@ -167,6 +214,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "git-diff": cmd_git_diff,
     "schema": cmd_schema,
     "launch": cmd_launch,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
 }
 
 

@@ -19,6 +19,7 @@ from runtime.launch.prepare import DONE, REPO, LaunchPlan, git_provenance, job_c
 from runtime.launch.state import RunState, write_json_atomically
 from runtime.plan import PlannedJob
 
+CANCELLED_MARKER = ".cancelled"  # written by `recipe cancel` before it stops the job's processes
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the plan's time limits are Slurm's; locally a job may take as long as it needs
 POLL_S = 0.05
 
@@ -127,8 +128,8 @@ class LocalLauncher:
         out = self.launch.output_dir(job.id)
         out.mkdir(parents=True, exist_ok=True)
         (out / DONE).unlink(missing_ok=True)  # --force: a rerun that fails must not look finished
-        for stale in out.glob(".pgid.*"):
-            stale.unlink()
+        for stale in [*out.glob(".pgid.*"), out / CANCELLED_MARKER]:
+            stale.unlink(missing_ok=True)
         config_path = out / "config.json"
         write_json_atomically(config_path, job_config(self.launch.plan, job))
         write_json_atomically(out / "job.json", {
@@ -150,6 +151,10 @@ class LocalLauncher:
 
     def _finish(self, job: PlannedJob, failure: str) -> None:
         del self.running[job.id]
+        if failure and (self.launch.output_dir(job.id) / CANCELLED_MARKER).exists():
+            self._set(job.id, "cancelled", "recipe cancel")
+            self._cancel_descendants(job.id)
+            return
         if failure:
             self._set(job.id, "failed", failure)
             for sibling_id, sibling in list(self.running.items()):
@@ -171,6 +176,11 @@ class LocalLauncher:
         for unit in units:
             if any(self.state.jobs[j.id].state != "pending" for j in unit):
                 continue
+            if any((self.launch.output_dir(j.id) / CANCELLED_MARKER).exists() for j in unit):
+                for job in unit:
+                    self._set(job.id, "cancelled", "recipe cancel")
+                    self._cancel_descendants(job.id)
+                continue
             members = {j.id for j in unit}
             parents = {p for j in unit for p in j.depends_on if p not in members}
             if all(self.state.jobs[p].state in ("done", "cached") for p in parents):
@@ -182,6 +192,8 @@ class LocalLauncher:
     def run(self) -> bool:
         """Run everything; True when no job failed or was cancelled. Ctrl-C stops the jobs in flight."""
         units = self._units()
+        for job in self.launch.to_run():  # a cancel of an earlier launch does not stop this one
+            (self.launch.output_dir(job.id) / CANCELLED_MARKER).unlink(missing_ok=True)
         try:
             while True:
                 self._start_ready(units)

@@ -178,8 +178,10 @@ class SlurmLauncher:
             self._set(job_id, "done", "finished")
         elif bad := [(i, s) for i, s in enumerate(states) if s in ENDED_BAD]:
             index, slurm_state = bad[0]
-            if slurm_state == "CANCELLED" and current == "pending" and self._parent_failed(job_id):
-                self._set(job_id, "cancelled", f"parent {self._parent_failed(job_id)} did not finish")
+            if slurm_state == "CANCELLED":
+                parent = self._parent_failed(job_id)
+                self._set(job_id, "cancelled", f"parent {parent} did not finish" if parent
+                          else "cancelled on the cluster (scancel or recipe cancel)")
                 return
             self._set(job_id, "failed", self._reason(job_id, index, slurm_state))
         elif any(s in ("RUNNING", "COMPLETING") for s in states) and current == "pending":

@@ -46,3 +46,11 @@ def group_member(job: dict[str, Any]) -> None:
 
 def fail(job: dict[str, Any]) -> None:
     raise RuntimeError(f"{job['id']}: boom")
+
+
+def slow(job: dict[str, Any]) -> None:
+    """Start (record.<task>.json is written at once), then sleep up to 60 s: a job to cancel."""
+    out = _out()
+    (out / "started").write_text(str(time.time()))
+    time.sleep(60)
+    record(job)

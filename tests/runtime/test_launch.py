@@ -214,3 +214,45 @@ def test_launching_a_recipe_compiles_it_first(compiled: Path, tmp_path: Path) ->
     assert result.code == (2 if missing else 0)
     assert all(line in result.err_lines for line in missing)
     assert not (tmp_path / "runs").exists()
+
+
+def test_status_and_logs_of_a_failed_run(compiled: Path, tmp_path: Path) -> None:
+    assert launch(write_plan(compiled, "status-fail", {"long-context": "launch_entries:fail"}), tmp_path).code != 0
+    result = run_main(["status", NAME, "--runs", tmp_path])
+    assert result.code == 1  # a job failed
+    table = [line.split() for line in result.out.splitlines()[3:] if len(line.split()) == 8]
+    rows = {row[0]: row for row in table}
+    assert rows["pretrain"][1] == "done" and rows["pretrain"][4] == "1/489" and rows["pretrain"][5] == "2.5000"
+    assert rows["long-context"][1] == "failed" and rows["sft"][1] == "cancelled"
+    assert "long-context failed: " in result.out and "boom" in result.out
+    assert any(line.startswith("  | ") and "boom" in line for line in result.out.splitlines())  # the log's tail
+    logs = run_main(["logs", tmp_path / NAME, "long-context"])
+    assert logs.code == 0 and "RuntimeError: long-context: boom" in logs.out and "_log.err <==" in logs.out
+    assert run_main(["logs", tmp_path / NAME, "nope"]).err.startswith("recipe: nope: no such job")
+    assert run_main(["status", "missing-run", "--runs", tmp_path]).code == 2
+    assert "nothing to cancel" in run_main(["cancel", NAME, "--runs", tmp_path]).out
+
+
+def test_cancel_stops_a_running_local_job_and_its_dependents(compiled: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    plan_path = write_plan(compiled, "cancel", {"sft": "launch_entries:slow"})
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path)],
+                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / NAME / "state.json").exists() or state(tmp_path)["sft"]["state"] != "running" \
+                or not (Path(state(tmp_path)["sft"]["output_dir"]) / "started").exists():
+            assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else "timeout"
+            time.sleep(0.2)
+        cancelled = run_main(["cancel", NAME, "sft", "--runs", tmp_path])
+        assert cancelled.code == 0 and "cancelled sft" in cancelled.out
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, output
+    jobs = state(tmp_path)
+    assert jobs["sft"]["state"] == "cancelled" and jobs["sft"]["reason"] == "recipe cancel"
+    assert jobs["dpo-delta-pairs"]["state"] == "cancelled" and calls(tmp_path, "sft") == 0

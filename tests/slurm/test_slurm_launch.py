@@ -65,3 +65,35 @@ def test_slurm_failure_cancels_dependents(slurm_cluster: dict[str, str], compile
     assert jobs["sft"]["state"] == "cancelled" and "long-context" in jobs["sft"]["reason"]
     assert calls(tmp_path, "sft") == 0
     assert all(jobs[j]["state"] == "done" for j in ["mix-swarm", "mix-fit", "mix-solve", "pretrain", "midtrain"])
+
+
+def test_slurm_status_and_cancel(slurm_cluster: dict[str, str], compiled: Path, tmp_path: Path) -> None:
+    """`recipe cancel` scancels the running job; Slurm cancels its dependents; status reads sacct."""
+    import subprocess
+    import time
+
+    from conftest import REPO, run_main
+
+    plan_path = write_plan(compiled, "slurm-cancel", {"pretrain": "launch_entries:slow"}, edit=small)
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path),
+                             "--executor", "slurm", "--only", "midtrain"],
+                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / NAME / "state.json").exists() or state(tmp_path)["pretrain"]["state"] != "running":
+            assert time.time() < deadline and proc.poll() is None, "pretrain never ran"
+            time.sleep(0.5)
+        shown = run_main(["status", NAME, "--runs", tmp_path])
+        rows = {line.split()[0]: line.split() for line in shown.out.splitlines()[3:] if len(line.split()) == 8}
+        assert rows["pretrain"][1] == "running" and rows["midtrain"][1] == "pending"
+        assert rows["pretrain"][2] == state(tmp_path)["pretrain"]["executor_id"]  # the Slurm id
+        cancelled = run_main(["cancel", NAME, "pretrain", "--runs", tmp_path])
+        assert cancelled.code == 0 and "cancelled pretrain (Slurm " in cancelled.out
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, output
+    jobs = state(tmp_path)
+    assert jobs["pretrain"]["state"] == "cancelled"
+    assert jobs["midtrain"]["state"] == "cancelled" and "pretrain" in jobs["midtrain"]["reason"]
+    assert calls(tmp_path, "pretrain") == 0 and calls(tmp_path, "midtrain") == 0
