@@ -6,7 +6,7 @@
     recipe git-diff PATH OLD_FILE OLD_HEX OLD_MODE NEW_FILE NEW_HEX NEW_MODE   (git external diff driver)
     recipe schema
     recipe launch R.yaml|build/<name>/plan.json [--executor local|slurm] [--dry-run] [--force] [--runs DIR]
-                  [--only JOB ...] [--skip-unimplemented]
+                  [--only JOB ...] [--skip-unimplemented] [--allow-dirty]
     recipe status RUN [--watch [SECONDS]]
     recipe logs RUN JOB [--task N] [-f]
     recipe cancel RUN [JOB ...]
@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="JOB", help="run these jobs and their ancestors that are not cached")
     p.add_argument("--skip-unimplemented", action="store_true",
                    help="skip jobs the runtime cannot run yet (and what depends on them) instead of refusing; the report lists them")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="run even when the code has uncommitted changes (job.json records the diff's sha256)")
     p.add_argument("--build", default="build", help="where a recipe is compiled to (default: build)")
     _add_sets(p)
     p = sub.add_parser("status", help="where a launched run stands: a table of its jobs (Slurm states from sacct)")
@@ -139,7 +141,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     try:
         return launch(plan_path, executor=args.executor, runs=args.runs, force=args.force, only=args.only,
-                      dry_run=args.dry_run, skip_unimplemented=args.skip_unimplemented)
+                      dry_run=args.dry_run, skip_unimplemented=args.skip_unimplemented,
+                      allow_dirty=args.allow_dirty)
     except LaunchError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)

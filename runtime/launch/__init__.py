@@ -1,7 +1,7 @@
 """`recipe launch`: run a compiled plan's jobs, with caching, run state and a report.
 
     recipe launch R.yaml|build/<name>/plan.json [--executor local|slurm] [--dry-run] [--force] [--runs DIR] [--only JOB ...]
-                  [--skip-unimplemented]
+                  [--skip-unimplemented] [--allow-dirty]
 
 Given a recipe, the CLI compiles it into build/ first; given a plan.json, that exact plan runs (the
 recipe is never re-resolved). Outputs: RUNS/<recipe>/<id>-<hash[:12]>/ per job (config.json, job.json
@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from runtime.launch import prepare
 from runtime.launch.prepare import LaunchError, LaunchPlan, decide, preflight
 from runtime.launch.prepare import skip_unimplemented as skip_unimplemented_jobs
 from runtime.launch.state import JobState, RunState
@@ -57,7 +58,7 @@ def dry_run_text(launch: LaunchPlan) -> str:
 
 def launch(plan_path: str | Path, *, executor: str | None = None, runs: str | Path = "runs", force: bool = False,
            only: list[str] | None = None, dry_run: bool = False, skip_unimplemented: bool = False,
-           stream: TextIO | None = None, live: bool | None = None) -> int:
+           allow_dirty: bool = False, stream: TextIO | None = None, live: bool | None = None) -> int:
     """Launch a plan.json; return the exit code (0 all done or cached, 1 a job failed). Raises LaunchError."""
     import sys
 
@@ -75,6 +76,14 @@ def launch(plan_path: str | Path, *, executor: str | None = None, runs: str | Pa
     if skip_unimplemented:
         skip_unimplemented_jobs(decisions)
     preflight(decisions)
+    if decisions.to_run() and not allow_dirty:
+        provenance = prepare.git_provenance()
+        if provenance["dirty"]:
+            message = (f"the code at {provenance['repo']} has uncommitted changes (git diff HEAD): commit them, or "
+                       f"pass --allow-dirty (each job's job.json records the commit and the diff's sha256)")
+            if not dry_run:
+                raise LaunchError([message])
+            print(f"warning: {message}", file=out)
     if dry_run:
         print(dry_run_text(decisions), file=out)
         return 0

@@ -51,7 +51,7 @@ def write_plan(compiled: Path, name: str, entries: dict[str, str] | None = None,
 
 
 def launch(plan: Path, runs: Path, *extra: object) -> Any:
-    result = run_main(["launch", plan, "--runs", runs, *extra])
+    result = run_main(["launch", plan, "--runs", runs, "--allow-dirty", *extra])  # tests run in work trees too
     state_file = runs / NAME / "state.json"
     if state_file.exists():
         json.loads(state_file.read_text())  # valid JSON after every launch
@@ -239,7 +239,8 @@ def test_cancel_stops_a_running_local_job_and_its_dependents(compiled: Path, tmp
     import time
 
     plan_path = write_plan(compiled, "cancel", {"sft": "launch_entries:slow"})
-    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path),
+                             "--allow-dirty"],
                             cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 60
@@ -256,3 +257,17 @@ def test_cancel_stops_a_running_local_job_and_its_dependents(compiled: Path, tmp
     jobs = state(tmp_path)
     assert jobs["sft"]["state"] == "cancelled" and jobs["sft"]["reason"] == "recipe cancel"
     assert jobs["dpo-delta-pairs"]["state"] == "cancelled" and calls(tmp_path, "sft") == 0
+
+
+def test_uncommitted_code_is_refused_unless_allowed(compiled: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.launch import prepare
+
+    dirty = {"repo": str(REPO), "commit": "c" * 40, "diff_sha256": "d" * 64, "dirty": True}
+    monkeypatch.setattr(prepare, "git_provenance", lambda *a, **k: dirty)
+    plan_path = write_plan(compiled, "dirty")
+    refused = run_main(["launch", plan_path, "--runs", tmp_path])
+    assert refused.code == 2 and "uncommitted changes" in refused.err and "--allow-dirty" in refused.err
+    assert not (tmp_path / NAME).exists()
+    dry = run_main(["launch", plan_path, "--runs", tmp_path, "--dry-run"])
+    assert dry.code == 0 and "warning: " in dry.out

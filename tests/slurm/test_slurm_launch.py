@@ -76,7 +76,7 @@ def test_slurm_status_and_cancel(slurm_cluster: dict[str, str], compiled: Path, 
 
     plan_path = write_plan(compiled, "slurm-cancel", {"pretrain": "launch_entries:slow"}, edit=small)
     proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path),
-                             "--executor", "slurm", "--only", "midtrain"],
+                             "--executor", "slurm", "--only", "midtrain", "--allow-dirty"],
                             cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
