@@ -174,5 +174,5 @@ def test_text_that_is_not_config_does_not_move_hashes(tmp_path: Path) -> None:
 
 def test_setting_a_value_to_what_it_already_is_keeps_every_hash(tmp_path: Path) -> None:
     old = compile_plan(tmp_path, TINY, tag="old")
-    new = compile_plan(tmp_path, TINY, "stages.sft.lr=5.0e-4", "model.n_kv_heads=2", tag="new")
+    new = compile_plan(tmp_path, TINY, "stages.sft.lr=1.0e-3", "model.n_kv_heads=2", tag="new")
     assert hashes(old) == hashes(new)

@@ -115,7 +115,7 @@ def test_sft_lr_reruns_sft_and_descendants_only(at_root: Path, capsys: pytest.Ca
     assert rerun == {"sft"} | below
     jobs = {j["id"]: j for j in data["jobs"]}
     assert jobs["sft"]["change"] == "update"
-    assert jobs["sft"]["fields"] == [{"path": "config.optim.lr", "old": 0.0005, "new": 0.0002}]
+    assert jobs["sft"]["fields"] == [{"path": "config.optim.lr", "old": 0.001, "new": 0.0002}]
     assert all(jobs[j]["change"] == "rerun" and jobs[j]["fields"] == [] for j in below)
     upstream = {j["id"] for j in plan["jobs"]} - rerun
     assert {"pretrain", "midtrain", "long-context"} <= upstream
@@ -244,11 +244,11 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def _edit_sft_lr(path: Path) -> None:
-    """Set the sft stage's lr to 2e-4 (the first `lr: 5.0e-4` after `kind: sft`)."""
+    """Set the sft stage's lr to 2e-4 (the first `lr: 1.0e-3` after `kind: sft`)."""
     text = path.read_text()
     at = text.index("kind: sft")
     head, tail = text[:at], text[at:]
-    path.write_text(head + tail.replace("lr: 5.0e-4", "lr: 2.0e-4", 1))
+    path.write_text(head + tail.replace("lr: 1.0e-3", "lr: 2.0e-4", 1))
 
 
 def test_rev_path_against_working_file(repo: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
@@ -256,7 +256,7 @@ def test_rev_path_against_working_file(repo: tuple[Path, dict[str, str]], capsys
     _edit_sft_lr(path / "recipes" / "tiny-think.yaml")
     data = diff_json(capsys, "HEAD:recipes/tiny-think.yaml", "recipes/tiny-think.yaml")
     jobs = {j["id"]: j for j in data["jobs"]}
-    assert jobs["sft"]["fields"] == [{"path": "config.optim.lr", "old": 0.0005, "new": 0.0002}]
+    assert jobs["sft"]["fields"] == [{"path": "config.optim.lr", "old": 0.001, "new": 0.0002}]
     assert "pretrain" in data["summary"]["unchanged_jobs"]
     assert data["old"]["source"] == "HEAD:recipes/tiny-think.yaml"
     # the same file at the same revision on both sides, and ./ relative to the working directory
@@ -326,7 +326,7 @@ def test_git_diff_driver(driver_repo: tuple[Path, dict[str, str]]) -> None:
     out = git(path, "diff", env=env)
     lines = out.splitlines()
     assert lines[0] == "recipe diff a/recipes/tiny-think.yaml b/recipes/tiny-think.yaml"
-    assert "      config.optim.lr: 0.0005 → 0.0002" in lines
+    assert "      config.optim.lr: 0.001 → 0.0002" in lines
     assert any(line.startswith("  ~ sft ") and "reruns: config changed" in line for line in lines)
     assert any(line.startswith("Plan: 0 to add, ") for line in lines)
     assert "@@" not in out  # our diff, not git's
