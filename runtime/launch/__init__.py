@@ -86,6 +86,10 @@ def launch(plan_path: str | Path, *, executor: str | None = None, runs: str | Pa
             print(f"warning: {message}", file=out)
     if dry_run:
         print(dry_run_text(decisions), file=out)
+        if executor == "slurm":
+            from runtime.launch.slurm import submission_text
+
+            print(submission_text(decisions), file=out)
         return 0
     state = RunState(path=decisions.run_dir / "state.json", recipe=plan.name, plan=str(plan.path.resolve()), executor=executor)
     for job_id, decision in decisions.decisions.items():

@@ -76,6 +76,29 @@ def slurm_parameters(job: PlannedJob, setup: list[str]) -> dict[str, Any]:
     return params
 
 
+def submission_text(launch: LaunchPlan) -> str:
+    """What `--executor slurm` would submit: one line per sbatch call, and the count (arrays, not one call per
+    task)."""
+    lines, tasks = [], 0
+    for job in launch.plan.jobs:
+        if launch.decisions[job.id].action != "run":
+            continue
+        params = slurm_parameters(job, [])
+        size = int((job.array or {}).get("size", 1))
+        tasks += size
+        parents = [p for p in job.depends_on if launch.decisions[p].action == "run"]
+        what = [f"array of {size} (at most {params['slurm_array_parallelism']} at once)"] if job.array else []
+        what += [f"{params['nodes']} node(s) x {params.get('gpus_per_node', 0)} GPU(s), "
+                 f"{params['tasks_per_node']} task(s)/node, {params['cpus_per_task']} CPU(s)/task",
+                 f"{params.get('mem_gb', '?')} GB/node", f"{params['timeout_min']} min"]
+        what += [f"{key.removeprefix('slurm_')} {params[key]}" for key in ("slurm_partition", "slurm_account", "slurm_qos")
+                 if key in params]
+        what.append(f"afterok {','.join(parents)}" if parents else "no dependency")
+        lines.append(f"sbatch  {job.id}: " + ", ".join(what))
+    lines.append(f"slurm: {len(lines)} sbatch call(s) for {tasks} task(s)")
+    return "\n".join(lines)
+
+
 def _master_id(job_id: str) -> str:
     """An array task's id '123_4' -> '123' (afterok on the master waits for every task)."""
     return job_id.split("_")[0]

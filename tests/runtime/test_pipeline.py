@@ -1,0 +1,101 @@
+"""The tiny pipeline end to end through `recipe launch` (local executor): every stage the runtime implements, on a
+generated toy world, with real training.
+
+- `test_shortened_tiny_pipeline` (CI): tiny-think with every stage cut short by `--set` (a few dozen steps each),
+  on a 5% toy world: pretrain -> midtrain -> long-context -> sft -> dpo run in order, each from its parent's
+  export; RL is skipped as not implemented yet, and the report says so. About 3 minutes on 2 cores.
+- `test_full_tiny_pipeline` (`-m slow`): the recipe as shipped, on the full toy world, with the issue's
+  done-criteria: losses fall, SFT's held-out arithmetic accuracy above the pretrained model's, DPO's held-out
+  reward accuracy above 0.5. About 12 minutes on 2 cores.
+
+Run: `python -m pytest tests/runtime/test_pipeline.py -q -p no:cacheprovider [-m slow]`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, TINY
+
+TRAINING_JOBS = ["pretrain", "midtrain", "long-context", "sft", "dpo"]
+SHORT = ["stages.pretrain.tokens=150000", "stages.pretrain.checkpoint_every=20",
+         "stages.midtrain.tokens=40000", "stages.long-context.tokens=40000",
+         "stages.sft.steps=25", "stages.dpo.steps=8", "stages.dpo.lr=1e-4"]
+
+
+def tiny_tree(root: Path, scale: float) -> Path:
+    """recipes/tiny-think.yaml beside a generated toy world (data/toy at `scale`): the recipe's path."""
+    (root / "recipes").mkdir(parents=True)
+    shutil.copy(TINY, root / "recipes" / TINY.name)
+    subprocess.run([sys.executable, "-m", "runtime.toyworld", str(root / "data" / "toy"), "--scale", str(scale)],
+                   cwd=REPO, check=True, capture_output=True)
+    return root / "recipes" / TINY.name
+
+
+def launch(recipe: Path, root: Path, sets: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "compiler.cli", "launch", str(recipe), "--build", str(root / "build"),
+            "--runs", str(root / "runs"), "--skip-unimplemented", "--allow-dirty"]
+    for item in sets:
+        args += ["--set", item]
+    return subprocess.run(args, cwd=REPO, text=True, capture_output=True, timeout=timeout)
+
+
+def report(root: Path) -> dict[str, Any]:
+    return json.loads((root / "runs" / "tiny-think" / "report.json").read_text())
+
+
+def losses(job: dict[str, Any]) -> list[float]:
+    lines = (Path(job["output_dir"]) / "metrics.jsonl").read_text().splitlines()
+    return [m["loss"] for m in map(json.loads, lines) if "loss" in m]
+
+
+def check_common(root: Path, result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    rep = report(root)
+    assert rep["ok"] is True
+    jobs = rep["jobs"]
+    for job_id in TRAINING_JOBS:
+        assert jobs[job_id]["state"] == "done", (job_id, jobs[job_id])
+        assert (Path(jobs[job_id]["output_dir"]) / "hf" / "model.safetensors").is_file(), job_id
+    skipped = {j for j, v in jobs.items() if v["state"] == "skipped"}
+    assert skipped == {"rlvr", "rlvr-rollout", "rlvr-random-reward", "rlvr-random-reward-rollout"}
+    assert all("not implemented yet" in jobs[j]["reason"] for j in skipped)
+    assert "not implemented yet" in result.stdout
+    # each stage starts from its parent's export: its first loss is far below a random model's
+    for job_id in TRAINING_JOBS[1:4]:
+        assert losses(jobs[job_id])[0] < math.log(1024) - 3, job_id
+    return jobs
+
+
+def test_shortened_tiny_pipeline(tmp_path: Path) -> None:
+    recipe = tiny_tree(tmp_path, 0.05)
+    result = launch(recipe, tmp_path, SHORT, timeout=900)
+    jobs = check_common(tmp_path, result)
+    pretrain = losses(jobs["pretrain"])
+    assert pretrain[-1] < pretrain[0] - 3  # from ~ln(1024) = 6.9
+    dpo = losses(jobs["dpo"])
+    assert dpo[0] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts at the frozen reference
+    assert jobs["dpo"]["eval"]["held_out_pairs"]["pairs"] > 0
+    for job_id in TRAINING_JOBS:
+        assert 0.0 <= jobs[job_id]["eval"]["arith_exact_match"]["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_full_tiny_pipeline(tmp_path: Path) -> None:
+    recipe = tiny_tree(tmp_path, 1.0)
+    result = launch(recipe, tmp_path, [], timeout=1800)
+    jobs = check_common(tmp_path, result)
+    for job_id in TRAINING_JOBS:
+        curve = losses(jobs[job_id])
+        assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5, job_id
+    accuracy = {j: jobs[j]["eval"]["arith_exact_match"]["accuracy"] for j in TRAINING_JOBS}
+    assert accuracy["sft"] > accuracy["pretrain"], accuracy
+    assert jobs["dpo"]["eval"]["held_out_pairs"]["reward_accuracy"] > 0.5
+    print(json.dumps({"accuracy": accuracy, "dpo": jobs["dpo"]["eval"]["held_out_pairs"]}))
