@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from runtime.cpu_compat import apply_cpu_compat
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 LM_KINDS = ("pretrain", "midtrain", "long_context")
 
@@ -127,6 +125,8 @@ def _train_job(job: dict[str, Any], *, build_config: Any, evaluate: Any, done: M
     """What every trainer job shares: skip when DONE, init, torchrun or single-process setup, train (resuming from
     checkpoints), `evaluate(trainer)` (every rank), HF export, metrics line, DONE.json last.
     build_config(out, init_hf_path) -> RecipeTrainer.Config; done: extra DONE.json fields."""
+    from runtime.cpu_compat import apply_cpu_compat  # imports torch: not at module import (launch resolves entries)
+
     apply_cpu_compat()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
