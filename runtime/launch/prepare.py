@@ -255,7 +255,8 @@ def job_config(plan: Plan, job: PlannedJob) -> dict[str, Any]:
 
 
 def job_env(launch: LaunchPlan, job: PlannedJob) -> dict[str, str]:
-    """RECIPE_OUTPUT_DIR, RECIPE_INPUT_<PARENT> for each parent, RECIPE_RUN_DIR, RECIPE_JOB_ID."""
+    """RECIPE_OUTPUT_DIR, RECIPE_INPUT_<PARENT> for each parent, RECIPE_PEER_<MEMBER> for each other member of
+    its RL group, RECIPE_RUN_DIR, RECIPE_JOB_ID."""
     env = {
         "RECIPE_OUTPUT_DIR": str(launch.output_dir(job.id)),
         "RECIPE_RUN_DIR": str(launch.run_dir),
@@ -264,4 +265,13 @@ def job_env(launch: LaunchPlan, job: PlannedJob) -> dict[str, str]:
     }
     for parent in job.depends_on:
         env[input_env_var(parent)] = str(launch.output_dir(parent))
+    if job.group:  # RL group members find each other (addresses, weights) through their output folders
+        for peer in launch.plan.jobs:
+            if peer.group == job.group and peer.id != job.id:
+                env[peer_env_var(peer.id)] = str(launch.output_dir(peer.id))
     return env
+
+
+def peer_env_var(job_id: str) -> str:
+    """RECIPE_PEER_<JOB>: the output folder of another member of this job's RL group."""
+    return input_env_var(job_id).replace("RECIPE_INPUT_", "RECIPE_PEER_", 1)

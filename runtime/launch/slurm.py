@@ -9,9 +9,11 @@
   `DependencyParameters=kill_invalid_depend`; scripts/slurm-local sets it).
 - Arrays: a swarm is one job array (`submitit`'s batch), at most `array.parallelism` tasks at a time, each task
   with RECIPE_ARRAY_INDEX / RECIPE_ARRAY_SIZE.
-- RL groups (trainer + rollout sidecar) are submitted together with the same dependencies; they find each other
-  through their output folders (`RECIPE_INPUT_<JOB>`). Slurm does not co-schedule two separate jobs: a
-  heterogeneous job is the next step when the RL runtime lands.
+- RL groups (trainer + rollout sidecar): the first member is submitted with the group's dependencies, every
+  other member also with `after:<first>` (it starts once the first has started); each finds the others' output
+  folders in `RECIPE_PEER_<JOB>` (a sidecar writes its address there). Slurm does not start two jobs at the
+  same instant: the first member waits for its peers (a heterogeneous job would allocate both at once, but
+  submitit cannot submit one).
 - Faults: the task is `submitit.helpers.Checkpointable`: on a time limit or preemption submitit requeues it and it
   resumes from its last checkpoint (the trainers resume from their latest DCP checkpoint by themselves).
 - Watching: after submitting, the launcher follows the jobs (submitit's sacct watcher) and keeps
@@ -64,6 +66,8 @@ def slurm_parameters(job: PlannedJob, setup: list[str]) -> dict[str, Any]:
         "timeout_min": time_limit_minutes(res.get("time_limit")) or 60,
         "slurm_setup": list(setup),
     }
+    # USR2 this long before the limit: submitit checkpoints (requeues) the task; a quarter of short limits
+    params["slurm_signal_delay_s"] = min(90, max(15, params["timeout_min"] * 60 // 4))
     if res.get("memory_gib_per_node"):
         params["mem_gb"] = int(res["memory_gib_per_node"])
     if int(res.get("gpus_per_node") or 0) > 0:
@@ -157,8 +161,15 @@ class SlurmLauncher:
         return config_path
 
     def _dependency(self, job: PlannedJob) -> str | None:
+        """afterok on the submitted parents; a later member of an RL group also waits until the group's first
+        member has started (`after`), so the pair runs together and the first one waits for the second's address."""
         ids = sorted({_master_id(str(sub.job_id)) for p in job.depends_on for sub in self.submitted.get(p, [])})
-        return f"afterok:{':'.join(ids)}" if ids else None
+        parts = [f"afterok:{':'.join(ids)}"] if ids else []
+        if job.group:
+            first = next(j for j in self.launch.plan.jobs if j.group == job.group)
+            if first.id != job.id and first.id in self.submitted:
+                parts.append(f"after:{_master_id(str(self.submitted[first.id][0].job_id))}")
+        return ",".join(parts) or None
 
     def submit(self, job: PlannedJob) -> list[Any]:
         import submitit

@@ -35,6 +35,9 @@ def record(job: dict[str, Any]) -> None:
 def group_member(job: dict[str, Any]) -> None:
     """Announce itself, then wait (up to 20 s) until both members of its group are running."""
     run_dir = Path(os.environ["RECIPE_RUN_DIR"])
+    peers = [k for k in os.environ if k.startswith("RECIPE_PEER_")]
+    if len(peers) != 1:
+        raise RuntimeError(f"{job['id']}: expected one RECIPE_PEER_ variable, got {peers}")
     (run_dir / f"{job['group']}.{job['id']}.here").write_text("1")
     deadline = time.time() + 20
     while len(list(run_dir.glob(f"{job['group']}.*.here"))) < 2:
@@ -53,4 +56,15 @@ def slow(job: dict[str, Any]) -> None:
     out = _out()
     (out / "started").write_text(str(time.time()))
     time.sleep(60)
+    record(job)
+
+
+def outlive_the_time_limit(job: dict[str, Any]) -> None:
+    """First attempt: count it and sleep past any short time limit (Slurm signals, submitit requeues);
+    a later attempt (the requeued one) finishes at once. attempts.log holds one line per attempt."""
+    out = _out()
+    with (out / "attempts.log").open("a", encoding="utf-8") as handle:
+        handle.write(f"{time.time()} {os.environ.get('SLURM_RESTART_COUNT', '0')}\n")
+    if len((out / "attempts.log").read_text().splitlines()) == 1:
+        time.sleep(600)
     record(job)

@@ -97,8 +97,11 @@ def test_runs_in_dependency_order_with_inputs_groups_and_provenance(compiled: Pa
         assert len(provenance["commit"]) == 40 and len(provenance["diff_sha256"]) == 64
     # RL groups start together: each member waited for the other (group_member) and their runs overlap.
     for group in {j["group"] for j in plan["jobs"] if j["group"]}:
-        members = [records(tmp_path, j["id"])[0] for j in plan["jobs"] if j["group"] == group]
+        ids = [j["id"] for j in plan["jobs"] if j["group"] == group]
+        members = [records(tmp_path, j)[0] for j in ids]
         assert len(members) == 2 and max(m["start"] for m in members) < min(m["end"] for m in members)
+        peer = "RECIPE_PEER_" + ids[1].upper().replace("-", "_")
+        assert members[0]["env"][peer] == jobs[ids[1]]["output_dir"]  # each finds the other's folder
     report = json.loads((tmp_path / NAME / "report.json").read_text())
     assert report["ok"] and report["jobs"]["sft"]["final_loss"] == 1.25
     assert "loss 1.2500" in result.out

@@ -39,9 +39,10 @@ def tiny_tree(root: Path, scale: float) -> Path:
     return root / "recipes" / TINY.name
 
 
-def launch(recipe: Path, root: Path, sets: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def launch(recipe: Path, root: Path, sets: list[str], timeout: float,
+           extra: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, "-m", "compiler.cli", "launch", str(recipe), "--build", str(root / "build"),
-            "--runs", str(root / "runs"), "--skip-unimplemented", "--allow-dirty"]
+            "--runs", str(root / "runs"), "--skip-unimplemented", "--allow-dirty", *(extra or [])]
     for item in sets:
         args += ["--set", item]
     return subprocess.run(args, cwd=REPO, text=True, capture_output=True, timeout=timeout)

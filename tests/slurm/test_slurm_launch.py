@@ -97,3 +97,39 @@ def test_slurm_status_and_cancel(slurm_cluster: dict[str, str], compiled: Path, 
     assert jobs["pretrain"]["state"] == "cancelled"
     assert jobs["midtrain"]["state"] == "cancelled" and "pretrain" in jobs["midtrain"]["reason"]
     assert calls(tmp_path, "pretrain") == 0 and calls(tmp_path, "midtrain") == 0
+
+
+def test_a_job_at_its_time_limit_is_requeued_and_finishes(slurm_cluster: dict[str, str], compiled: Path,
+                                                          tmp_path: Path) -> None:
+    """A 1-minute limit: Slurm signals the task 15 s before it, submitit requeues it, the second attempt finishes
+    (a trainer resumes from its latest checkpoint the same way)."""
+    def edit(plan: dict[str, Any]) -> None:
+        small(plan)
+        next(j for j in plan["jobs"] if j["id"] == "mix-fit")["resources"]["time_limit"] = "00:01:00"
+
+    plan_path = write_plan(compiled, "slurm-requeue", {"mix-fit": "launch_entries:outlive_the_time_limit"}, edit=edit)
+    result = launch(plan_path, tmp_path, "--executor", "slurm", "--only", "mix-fit")
+    assert result.code == 0, result.out + result.err
+    jobs = state(tmp_path)
+    assert jobs["mix-fit"]["state"] == "done"
+    attempts = (Path(jobs["mix-fit"]["output_dir"]) / "attempts.log").read_text().splitlines()
+    assert len(attempts) == 2 and attempts[1].split()[1] == "1"  # SLURM_RESTART_COUNT: requeued once
+    assert calls(tmp_path, "mix-fit") == 1
+
+
+def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
+    """The real runtime on the cluster: tiny-think's pretrain (cut short) through `--executor slurm`, with the same
+    report as the local executor; a relaunch submits nothing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+    from test_pipeline import launch as launch_tiny, report, tiny_tree
+
+    recipe = tiny_tree(tmp_path, 0.02)
+    sets = ["stages.pretrain.tokens=40000", "stages.pretrain.resources.time_limit=00:10:00"]
+    result = launch_tiny(recipe, tmp_path, sets, timeout=600, extra=["--executor", "slurm", "--only", "pretrain"])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    job = report(tmp_path)["jobs"]["pretrain"]
+    assert report(tmp_path)["executor"] == "slurm" and job["state"] == "done"
+    assert job["final_loss"] < 6.0 and set(job["eval"]) >= {"arithmetic", "code", "text", "words", "arith_exact_match"}
+    assert "pretrain" in result.stdout and "loss " in result.stdout  # the printed report
+    again = launch_tiny(recipe, tmp_path, sets, timeout=300, extra=["--executor", "slurm", "--only", "pretrain"])
+    assert again.returncode == 0 and report(tmp_path)["jobs"]["pretrain"]["state"] == "cached"
