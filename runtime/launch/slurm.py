@@ -9,11 +9,11 @@
   `DependencyParameters=kill_invalid_depend`; scripts/slurm-local sets it).
 - Arrays: a swarm is one job array (`submitit`'s batch), at most `array.parallelism` tasks at a time, each task
   with RECIPE_ARRAY_INDEX / RECIPE_ARRAY_SIZE.
-- RL groups (trainer + rollout sidecar): the first member is submitted with the group's dependencies, every
-  other member also with `after:<first>` (it starts once the first has started); each finds the others' output
-  folders in `RECIPE_PEER_<JOB>` (a sidecar writes its address there). Slurm does not start two jobs at the
-  same instant: the first member waits for its peers (a heterogeneous job would allocate both at once, but
-  submitit cannot submit one).
+- RL groups (trainer + rollout sidecar): every member is submitted with the group's dependencies, so they
+  become eligible in the same scheduling pass and start together when the resources are there; each finds the
+  others' output folders in `RECIPE_PEER_<JOB>` (a sidecar writes its address there) and waits for them.
+  (An `after:<first member>` dependency was tried: Slurm only re-evaluates it at its next scheduling cycle, up to
+  a minute later. A heterogeneous job would allocate both at once, but submitit cannot submit one.)
 - Faults: the task is `submitit.helpers.Checkpointable`: on a time limit or preemption submitit requeues it and it
   resumes from its last checkpoint (the trainers resume from their latest DCP checkpoint by themselves).
 - Watching: after submitting, the launcher follows the jobs (submitit's sacct watcher) and keeps
@@ -161,15 +161,8 @@ class SlurmLauncher:
         return config_path
 
     def _dependency(self, job: PlannedJob) -> str | None:
-        """afterok on the submitted parents; a later member of an RL group also waits until the group's first
-        member has started (`after`), so the pair runs together and the first one waits for the second's address."""
         ids = sorted({_master_id(str(sub.job_id)) for p in job.depends_on for sub in self.submitted.get(p, [])})
-        parts = [f"afterok:{':'.join(ids)}"] if ids else []
-        if job.group:
-            first = next(j for j in self.launch.plan.jobs if j.group == job.group)
-            if first.id != job.id and first.id in self.submitted:
-                parts.append(f"after:{_master_id(str(self.submitted[first.id][0].job_id))}")
-        return ",".join(parts) or None
+        return f"afterok:{':'.join(ids)}" if ids else None
 
     def submit(self, job: PlannedJob) -> list[Any]:
         import submitit

@@ -124,7 +124,7 @@ def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_pat
     from test_pipeline import launch as launch_tiny, report, tiny_tree
 
     recipe = tiny_tree(tmp_path, 0.02)
-    sets = ["stages.pretrain.tokens=40000", "stages.pretrain.resources.time_limit=00:10:00"]
+    sets = ["stages.pretrain.tokens=100000", "stages.pretrain.resources.time_limit=00:10:00"]
     result = launch_tiny(recipe, tmp_path, sets, timeout=600, extra=["--executor", "slurm", "--only", "pretrain"])
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     job = report(tmp_path)["jobs"]["pretrain"]
