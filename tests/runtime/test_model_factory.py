@@ -74,7 +74,10 @@ def make_spec(**overrides: Any) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def tiny_recipe() -> Any:
-    return compile_recipe(str(ROOT / "recipes" / "tiny-think.yaml")).recipe
+    """The full tiny pipeline (its RegMix block names the proxy model); the same model as recipes/tiny-think.yaml."""
+    recipe = compile_recipe(str(ROOT / "tests" / "compiler" / "recipes" / "tiny-think-full.yaml")).recipe
+    assert recipe.model == compile_recipe(str(ROOT / "recipes" / "tiny-think.yaml")).recipe.model
+    return recipe
 
 
 def recipe_specs(recipe: Any) -> dict[str, ModelSpec]:
@@ -229,12 +232,71 @@ def test_olmo3_normalises_after_attention_and_mlp() -> None:
     torch.testing.assert_close(added.pow(2).mean(-1).sqrt(), torch.ones(2, 8), rtol=1e-3, atol=1e-3)
 
 
-def test_sliding_window_is_recorded_per_layer() -> None:
+def test_sliding_window_is_set_per_layer_on_its_attention_kernel() -> None:
     spec = make_spec(family="olmo3", qk_norm="full", n_layers=8, sliding_window={"size": 16})
     config = build_model_config(spec)
     windows = [layer.attention.sliding_window for layer in config.layers]
     assert windows == [16, 16, 16, None, 16, 16, 16, None]  # every 4th and the last are global
+    assert [layer.attention.inner_attention.window for layer in config.layers] == windows  # dense kernel on CPU
     assert [attention(build_model(spec), i).sliding_window for i in (0, 3)] == [16, None]
+    flex = build_model_config(spec, attention="flex")
+    kinds = [type(layer.attention.inner_attention).__qualname__ for layer in flex.layers]
+    assert kinds[:4] == ["SlidingFlexAttention.Config"] * 3 + ["FlexAttention.Config"]
+    assert flex.layers[0].attention.inner_attention.window == 16
+
+
+def test_sliding_window_limits_what_a_token_sees() -> None:
+    """Every layer sliding with window 3: a position sees at most n_layers * (3 - 1) tokens back; a global model
+    sees everything."""
+    window = dict(size=3, global_every=None, global_last=False)
+    for sliding, n_layers in ((window, 2), (None, 2)):
+        model = build_model(make_spec(family="olmo3", n_layers=n_layers, sliding_window=sliding), seed=0)
+        tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1))
+        changed = tokens.clone()
+        changed[0, 0] = (tokens[0, 0] + 1) % 256
+        with torch.no_grad():
+            moved = (model(tokens) - model(changed)).abs().amax(-1)[0]
+        reach = n_layers * (window["size"] - 1)  # position `reach` is the last that token 0 can influence
+        if sliding:
+            assert (moved[:reach + 1] > 0).all() and (moved[reach + 1:] == 0).all(), moved
+        else:
+            assert (moved > 0).all()
+
+
+def test_dense_window_matches_sdpa_with_the_band_and_document_masks() -> None:
+    from runtime.model_factory import DenseMaskAttention, band_mask, dense_mask, sliding_window_mask_mod
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 10, 4, 8) for _ in range(3))
+    positions = torch.tensor([list(range(6)) + list(range(4)), list(range(10))])  # two packed documents in row 0
+    doc = (positions == 0).cumsum(-1)  # document id per token
+
+    def document_causal(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return (doc[b, q_idx] == doc[b, kv_idx]) & (q_idx >= kv_idx)
+
+    block = create_block_mask(document_causal, 2, None, 10, 10, device="cpu", BLOCK_SIZE=2)
+    out = DenseMaskAttention(DenseMaskAttention.Config(window=3))(q, k, v, attention_masks=block)
+    mask = dense_mask(block, 10, 10, torch.device("cpu")) & band_mask(10, 10, 3, "cpu")
+    ref = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask).transpose(1, 2)
+    torch.testing.assert_close(out, ref)
+    composed = create_block_mask(and_masks(document_causal, sliding_window_mask_mod(3)), 2, None, 10, 10,
+                                 device="cpu", BLOCK_SIZE=2)
+    assert torch.equal(dense_mask(composed, 10, 10, torch.device("cpu")), mask)
+
+
+def test_windowed_block_mask_is_the_trainers_mask_and_the_band_built_once() -> None:
+    from runtime.model_factory import band_mask, dense_mask, windowed_block_mask
+
+    block = create_block_mask(lambda b, h, q, kv: q >= kv, 1, None, 512, 512, device="cpu")
+    windowed = windowed_block_mask(block, 64)
+    expected = dense_mask(block, 512, 512, torch.device("cpu")) & band_mask(512, 512, 64, "cpu")
+    assert torch.equal(dense_mask(windowed, 512, 512, torch.device("cpu")), expected)
+    assert windowed_block_mask(block, 64) is windowed  # cached for the other layers of this step
+
+    def blocks(mask: Any) -> int:  # 128 x 128 blocks the kernel visits (partial + full)
+        return int(mask.kv_num_blocks.sum() + mask.full_kv_num_blocks.sum())
+
+    assert (blocks(block), blocks(windowed)) == (10, 7)  # causal 1+2+3+4; the band touches at most 2 per row
 
 
 def test_rope_theta_and_max_seq_len() -> None:
