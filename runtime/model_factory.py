@@ -30,9 +30,10 @@ Everything is torchtitan's own model code; the recipe only chooses the pieces:
 | rope_scaling yarn    | `RoPE.Config(scaling="yarn", ...)`; YaRN's attention factor folded into the softmax |
 |                      | scale by `RecipeAttention` (GQAttention leaves it out); `layers: global` scales only|
 |                      | the full-attention layers                                                           |
-| sliding_window       | recorded per layer on `RecipeAttention.Config.sliding_window` (None = global layer);|
-|                      | NOT applied by the model: torchtitan's GQAttention has no window, the trainer must  |
-|                      | build per-layer masks from it                                                       |
+| sliding_window       | torchtitan's attention has no window: through the attention mask of each sliding    |
+|                      | layer (`RecipeAttention.Config.sliding_window`; None = global layer): on CPU        |
+|                      | `DenseMaskAttention(window=)` ANDs a band into its dense mask; on GPU               |
+|                      | `SlidingFlexAttention` ANDs `sliding_window_mask_mod` into the trainer's BlockMask  |
 | norm_eps             | every RMSNorm's eps                                                                 |
 | max_seq_len          | `RoPE.Config.max_seq_len` (the trainer's `update_from_config` resizes to seq_len)   |
 
@@ -92,13 +93,19 @@ class DenseMaskAttention(FlexAttention):
 
     `attention_masks` None means causal; a BlockMask (from `Decoder.get_attention_masks`: causal + packed
     documents) is evaluated exactly through its `mask_mod` into a (batch, 1, q_len, kv_len) boolean mask.
+    `window` (a sliding-window layer): a query also sees only the `window` most recent keys (itself included).
     Memory is O(seq_len^2) per sequence: meant for CPU and small models, not for long contexts on GPUs.
     Context parallelism is not supported (torchtitan's CP dispatches FlexAttention to its own path).
     """
 
     @dataclass(kw_only=True, slots=True)
     class Config(FlexAttention.Config):
-        pass
+        window: int | None = None
+        """Sliding-window size in tokens; None: full (causal or document) attention."""
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.window = config.window
 
     def forward(  # pyrefly: ignore[bad-override]
         self,
@@ -116,12 +123,73 @@ class DenseMaskAttention(FlexAttention):
         if score_mod is not None or out_transform is not None:
             raise NotImplementedError("DenseMaskAttention supports neither score_mod nor out_transform")
         q, k, v = (t.transpose(1, 2) for t in (q_BLNH, k_BLNH, v_BLNH))
-        if attention_masks is None:
+        if attention_masks is None and self.window is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=enable_gqa)
         else:
-            mask = dense_mask(attention_masks, q.shape[2], k.shape[2], q.device)
+            q_len, kv_len = q.shape[2], k.shape[2]
+            if attention_masks is None:
+                mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
+            else:
+                mask = dense_mask(attention_masks, q_len, kv_len, q.device)
+            if self.window is not None:
+                mask = mask & band_mask(q_len, kv_len, self.window, q.device)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=enable_gqa)
         return out.transpose(1, 2)
+
+
+class SlidingFlexAttention(FlexAttention):
+    """FlexAttention for a sliding-window layer (GPU): the BlockMask the trainer builds for the whole model
+    (causal + packed documents) ANDed with this layer's window, `sliding_window_mask_mod(window)`; the new
+    BlockMask is built once per step and window (cached on the incoming mask) and shared by the layers with that
+    window. torchtitan's FlexAttention has no window of its own."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(FlexAttention.Config):
+        window: int = 0
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        if config.window <= 0:
+            raise ValueError(f"SlidingFlexAttention: window must be positive (got {config.window})")
+        self.window = config.window
+
+    def forward(self, q_BLNH: torch.Tensor, k_BLNH: torch.Tensor, v_BLNH: torch.Tensor, *,  # pyrefly: ignore[bad-override]
+                attention_masks: BlockMask | None = None, **kwargs: Any) -> torch.Tensor:
+        if attention_masks is None:
+            raise ValueError("SlidingFlexAttention needs the trainer's BlockMask (positions)")
+        return super().forward(q_BLNH, k_BLNH, v_BLNH, attention_masks=windowed_block_mask(attention_masks, self.window),
+                               **kwargs)
+
+
+def sliding_window_mask_mod(window: int) -> Callable[..., torch.Tensor]:
+    """mask_mod: key kv_idx is within the `window` most recent positions of query q_idx."""
+    def mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return q_idx - kv_idx < window
+    return mod
+
+
+def windowed_block_mask(block_mask: BlockMask, window: int) -> BlockMask:
+    """`block_mask` ANDed with a sliding window (cached on the mask object: one per window per step)."""
+    from torch.nn.attention.flex_attention import and_masks, create_block_mask
+
+    cache = getattr(block_mask, "_recipe_windowed", None)
+    if cache is None:
+        cache = {}
+        block_mask._recipe_windowed = cache  # type: ignore[attr-defined]
+    if window not in cache:
+        batch, heads, q_len, kv_len = block_mask.shape
+        cache[window] = create_block_mask(and_masks(block_mask.mask_mod, sliding_window_mask_mod(window)),
+                                          batch, None if heads == 1 else heads, q_len, kv_len,
+                                          device=block_mask.kv_num_blocks.device, BLOCK_SIZE=block_mask.BLOCK_SIZE)
+    return cache[window]
+
+
+def band_mask(q_len: int, kv_len: int, window: int, device: torch.device | str) -> torch.Tensor:
+    """(q_len, kv_len) bool: key j within the `window` most recent positions of query i (queries aligned to the
+    end of the keys)."""
+    q = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+    kv = torch.arange(kv_len, device=device)[None, :]
+    return q - kv < window
 
 
 def dense_mask(block_mask: BlockMask, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
@@ -152,8 +220,8 @@ class RecipeAttention(GQAttention):
       n_kv_heads*head_dim); None builds both from `qk_norm` as GQAttention does.
     - YaRN: the attention factor 0.1*ln(factor)+1 that Hugging Face applies to both q and k (cos/sin scaled)
       is folded into the softmax scale as its square, as torchtitan's GPT-OSS attention does.
-    - `sliding_window`: this layer's window in tokens (None: full attention). Recorded for the trainer's
-      attention masks only: the forward pass does not apply it.
+    - `sliding_window`: this layer's window in tokens (None: full attention), applied by its inner attention
+      (`DenseMaskAttention.window` on CPU, `SlidingFlexAttention` on GPU).
     """
 
     @dataclass(kw_only=True, slots=True)
@@ -291,7 +359,17 @@ def _attention_config(
     window = spec.sliding_window
     sliding = None if window is None or window.is_global(layer, spec.n_layers) else window.size
     fields = {f.name: getattr(gqa, f.name) for f in dataclasses.fields(gqa) if f.init}
+    if sliding is not None:
+        fields["inner_attention"] = windowed_attention(inner, sliding)
     return RecipeAttention.Config(**fields, k_norm=k_norm, sliding_window=sliding)
+
+
+def windowed_attention(inner: FlexAttention.Config, window: int) -> FlexAttention.Config:
+    """The inner attention of a sliding-window layer: the dense kernel with a window, or windowed FlexAttention."""
+    if isinstance(inner, DenseMaskAttention.Config):
+        return dataclasses.replace(inner, window=window)
+    fields = {f.name: getattr(inner, f.name) for f in dataclasses.fields(inner) if f.init}
+    return SlidingFlexAttention.Config(**fields, window=window)
 
 
 def _layer_config(
