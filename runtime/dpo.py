@@ -21,7 +21,7 @@ Entry `runtime.train:run_dpo`. Test: `python -m pytest tests/runtime/test_dpo.py
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torch.utils.data import IterableDataset
 from torchtitan.components.loss import IGNORE_INDEX
 
-from runtime.lm_data import _loader_base, load_source
+from runtime.lm_data import SourceDataLoader, load_source
 from runtime.lm_eval import forward_logits
 from runtime.lm_trainer import RecipeTrainer
 from runtime.sft_data import shifted_example, special_id
@@ -209,22 +209,18 @@ class DPODataset(IterableDataset, Stateful):
         self._epoch, self._cursor = int(state["epoch"]), int(state["cursor"])
 
 
-class DPODataLoader(_loader_base()):  # type: ignore[misc]
-    """torchtitan dataloader over a `DPODataset` (its position is saved in torchtitan's checkpoints)."""
+class DPODataLoader(SourceDataLoader):
+    """torchtitan dataloader over a `DPODataset` of the source's preference pairs."""
 
     @dataclass(kw_only=True, slots=True)
-    class Config(_loader_base().Config):  # type: ignore[misc,name-defined]
-        source: dict[str, Any] = field(default_factory=dict)
-        """{path|hf, split, subset} with an absolute path."""
-        seed: int = 0
+    class Config(SourceDataLoader.Config):
+        pass
 
-    def __init__(self, config: Config, *, dp_world_size: int, dp_rank: int, tokenizer: Any, seq_len: int,
-                 local_batch_size: int, snapshot_every_n_steps: int | None = 1, **kwargs: Any):
+    def build_dataset(self, config: Config, *, tokenizer: Any, seq_len: int, dp_rank: int,
+                      dp_world_size: int) -> DPODataset:
         pairs = tokenize_pairs(tokenizer, load_pairs(config.source), seq_len)
-        dataset = DPODataset(pairs, seq_len, special_id(tokenizer, PAD), seed=config.seed, dp_rank=dp_rank,
-                             dp_world_size=dp_world_size)
-        super().__init__(dataset, dp_rank=dp_rank, dp_world_size=dp_world_size, batch_size=local_batch_size,
-                         num_workers=config.num_workers, snapshot_every_n_steps=snapshot_every_n_steps)
+        return DPODataset(pairs, seq_len, special_id(tokenizer, PAD), seed=config.seed, dp_rank=dp_rank,
+                          dp_world_size=dp_world_size)
 
 
 # --------------------------------------------------------------------------- the trainer

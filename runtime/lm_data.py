@@ -219,6 +219,29 @@ def _loader_base() -> type:
     return ParallelAwareDataloader
 
 
+class SourceDataLoader(_loader_base()):  # type: ignore[misc]
+    """torchtitan dataloader over a dataset built from one source (`Config.source`, absolute paths) by the subclass's
+    `build_dataset`; the dataset's state is saved and restored by torchtitan's checkpoints. Subclasses define their
+    own nested `Config(SourceDataLoader.Config)` (torchtitan wires `Config.build()` to the class that owns it)."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(_loader_base().Config):  # type: ignore[misc,name-defined]
+        source: dict[str, Any] = field(default_factory=dict)
+        """{path|hf, split, text_field, subset} with an absolute path."""
+        seed: int = 0
+
+    def build_dataset(self, config: Config, *, tokenizer: Any, seq_len: int, dp_rank: int,
+                      dp_world_size: int) -> IterableDataset:
+        raise NotImplementedError
+
+    def __init__(self, config: Config, *, dp_world_size: int, dp_rank: int, tokenizer: Any, seq_len: int,
+                 local_batch_size: int, snapshot_every_n_steps: int | None = 1, **kwargs: Any):
+        dataset = self.build_dataset(config, tokenizer=tokenizer, seq_len=seq_len, dp_rank=dp_rank,
+                                     dp_world_size=dp_world_size)
+        super().__init__(dataset, dp_rank=dp_rank, dp_world_size=dp_world_size, batch_size=local_batch_size,
+                         num_workers=config.num_workers, snapshot_every_n_steps=snapshot_every_n_steps)
+
+
 class MixtureDataLoader(_loader_base()):  # type: ignore[misc]
     """torchtitan dataloader over a `MixtureDataset` (stateful: saved and restored by torchtitan's checkpoints)."""
 

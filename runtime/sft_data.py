@@ -18,7 +18,7 @@ Test: `python -m pytest tests/runtime/test_sft.py -q`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torch.utils.data import IterableDataset
 from torchtitan.components.loss import IGNORE_INDEX
 
-from runtime.lm_data import _loader_base, load_source
+from runtime.lm_data import SourceDataLoader, load_source
 from runtime.lm_eval import forward_logits
 from runtime.tokenizer import ASSISTANT, BOS, EOS, USER
 
@@ -137,21 +137,17 @@ def load_conversations(spec: Mapping[str, Any], split: str | None = None) -> lis
     return [list(m) for m in ds[spec.get("text_field") or "messages"]]
 
 
-class SFTDataLoader(_loader_base()):  # type: ignore[misc]
-    """torchtitan dataloader over an `SFTDataset` (stateful: saved and restored by torchtitan's checkpoints)."""
+class SFTDataLoader(SourceDataLoader):
+    """torchtitan dataloader over an `SFTDataset` of the source's conversations."""
 
     @dataclass(kw_only=True, slots=True)
-    class Config(_loader_base().Config):  # type: ignore[misc,name-defined]
-        source: dict[str, Any] = field(default_factory=dict)
-        """{path|hf, split, text_field, subset} with an absolute path."""
-        seed: int = 0
+    class Config(SourceDataLoader.Config):
+        pass
 
-    def __init__(self, config: Config, *, dp_world_size: int, dp_rank: int, tokenizer: Any, seq_len: int,
-                 local_batch_size: int, snapshot_every_n_steps: int | None = 1, **kwargs: Any):
-        dataset = SFTDataset(load_conversations(config.source), tokenizer, seq_len, seed=config.seed,
-                             dp_rank=dp_rank, dp_world_size=dp_world_size)
-        super().__init__(dataset, dp_rank=dp_rank, dp_world_size=dp_world_size, batch_size=local_batch_size,
-                         num_workers=config.num_workers, snapshot_every_n_steps=snapshot_every_n_steps)
+    def build_dataset(self, config: Config, *, tokenizer: Any, seq_len: int, dp_rank: int,
+                      dp_world_size: int) -> SFTDataset:
+        return SFTDataset(load_conversations(config.source), tokenizer, seq_len, seed=config.seed, dp_rank=dp_rank,
+                          dp_world_size=dp_world_size)
 
 
 @torch.no_grad()
