@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 from compiler.diagnostics import RecipeError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def _add_sets(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +148,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("recipe launch: interrupted (state.json and report.json say where each job stands)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -233,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:  # status --watch, logs -f, a compile of a huge recipe
+        print(f"recipe {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("RECIPE_DEBUG"):
             raise

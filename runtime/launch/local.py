@@ -91,14 +91,17 @@ class _Running:
         return None if self.active or self.todo else ""
 
     def kill(self) -> None:
-        """Stop every task in flight: the task's process group, then submitit's controller."""
+        """Stop every task in flight: the task's process group, then submitit's controller. SIGKILL both: the task
+        ignores SIGTERM (submitit's preemption handling) and the controller, which shares our terminal, would
+        print a KeyboardInterrupt traceback on submitit's own cancel (SIGINT)."""
         out = Path(self.env["RECIPE_OUTPUT_DIR"])
         for index, sub in self.active:
             pgid_file = out / f".pgid.{index}"
             with contextlib.suppress(OSError, ValueError):
-                os.killpg(int(pgid_file.read_text()), signal.SIGTERM)
+                os.killpg(int(pgid_file.read_text()), signal.SIGKILL)
+            controller = getattr(sub, "_process", None)  # submitit's LocalJob keeps its Popen here
             with contextlib.suppress(Exception):
-                sub.cancel(check=False)
+                controller.kill() if controller is not None else sub.cancel(check=False)
         self.active, self.todo = [], []
 
 

@@ -34,7 +34,7 @@ from runtime.launch.prepare import DONE, LaunchPlan, git_provenance, job_config,
 from runtime.launch.state import RunState, write_json_atomically
 from runtime.plan import PlannedJob
 
-POLL_S = 2.0
+POLL_S = 5.0  # one sacct call per poll
 ENDED_OK = {"COMPLETED"}
 ENDED_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
@@ -192,10 +192,17 @@ class SlurmLauncher:
         self._set(job.id, "pending", f"queued ({dependency or 'no dependency'}); {why}", executor_id=ids)
         return subs
 
+    def _refresh(self) -> None:
+        """One sacct call for every submitted job. submitit's own watcher re-polls a job at most every 10 minutes
+        once it is old (its delay grows to `delay_s=600`): too slow to follow a pipeline."""
+        first = next(iter(self.submitted.values()), None)
+        if first:
+            first[0].watcher.update()
+
     def _poll(self, job_id: str) -> None:
-        """Move one job's state forward from its tasks' Slurm states."""
+        """Move one job's state forward from its tasks' Slurm states (as of the last `_refresh`)."""
         subs = self.submitted[job_id]
-        states = [str(s.state).split(" ")[0] for s in subs]  # e.g. "CANCELLED by 0"
+        states = [str(s.watcher.get_state(s.job_id, mode="cache")).split(" ")[0] for s in subs]  # "CANCELLED by 0"
         current = self.state.jobs[job_id].state
         if all(s in ENDED_OK for s in states):
             done = self.launch.output_dir(job_id) / DONE
@@ -237,12 +244,14 @@ class SlurmLauncher:
                 self.submit(job)
         try:
             while any(self.state.jobs[j].state in ("pending", "running") for j in self.submitted):
+                self._refresh()
                 for job_id in self.submitted:
                     if self.state.jobs[job_id].state in ("pending", "running"):
                         self._poll(job_id)
                 self.on_change()
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:
-            print(f"stopped watching; the jobs stay queued on the cluster (state: {self.state.path})")
+            print(f"stopped watching: the jobs stay queued on the cluster; `recipe status {self.state.path.parent}` "
+                  f"follows them, `recipe cancel {self.state.path.parent}` stops them")
             raise
         return all(j.state in ("done", "cached", "skipped") for j in self.state.jobs.values())

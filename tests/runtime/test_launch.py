@@ -296,3 +296,28 @@ def test_slurm_dry_run_of_a_1000_node_plan_submits_arrays_not_thousands_of_jobs(
     pretrain = next(line for line in calls_ if line.startswith("sbatch  pretrain:"))
     assert "64 node(s) x 8 GPU(s), 8 task(s)/node" in pretrain and "afterok mix-solve" in pretrain
     assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_stops_a_local_launch_without_a_traceback(compiled: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    plan_path = write_plan(compiled, "interrupt", {"pretrain": "launch_entries:slow"})
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path),
+                             "--allow-dirty"], cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / NAME / "state.json").exists() or state(tmp_path)["pretrain"]["state"] != "running":
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in out + err, err
+    assert "recipe launch: interrupted" in err
+    jobs = state(tmp_path)
+    assert jobs["pretrain"]["state"] == "failed" and "interrupted" in jobs["pretrain"]["reason"]
+    assert jobs["midtrain"]["state"] == "cancelled"
