@@ -67,6 +67,21 @@ def records(runs: Path, job_id: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("record.*.json"))]
 
 
+def wait_until_running(proc: Any, runs: Path, job_id: str, *, marker: str | None = None,
+                       timeout: float = 60.0) -> None:
+    """Wait until a background `recipe launch` (proc) shows job_id running (and its output holds `marker`)."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        if (runs / NAME / "state.json").exists() and state(runs)[job_id]["state"] == "running" and (
+                marker is None or (Path(state(runs)[job_id]["output_dir"]) / marker).exists()):
+            return
+        assert proc.poll() is None, f"the launch ended (exit {proc.returncode}) before {job_id} ran"
+        assert time.time() < deadline, f"{job_id} not running after {timeout:.0f} s"
+        time.sleep(0.2)
+
+
 def calls(runs: Path, job_id: str) -> int:
     log = Path(state(runs)[job_id]["output_dir"]) / "calls.log"
     return len(log.read_text().splitlines()) if log.exists() else 0
@@ -239,18 +254,13 @@ def test_status_and_logs_of_a_failed_run(compiled: Path, tmp_path: Path) -> None
 def test_cancel_stops_a_running_local_job_and_its_dependents(compiled: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
-    import time
 
     plan_path = write_plan(compiled, "cancel", {"sft": "launch_entries:slow"})
     proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path),
                              "--allow-dirty"],
                             cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 60
-        while not (tmp_path / NAME / "state.json").exists() or state(tmp_path)["sft"]["state"] != "running" \
-                or not (Path(state(tmp_path)["sft"]["output_dir"]) / "started").exists():
-            assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else "timeout"
-            time.sleep(0.2)
+        wait_until_running(proc, tmp_path, "sft", marker="started")
         cancelled = run_main(["cancel", NAME, "sft", "--runs", tmp_path])
         assert cancelled.code == 0 and "cancelled sft" in cancelled.out
         output, _ = proc.communicate(timeout=60)
@@ -302,16 +312,12 @@ def test_ctrl_c_stops_a_local_launch_without_a_traceback(compiled: Path, tmp_pat
     import signal
     import subprocess
     import sys
-    import time
 
     plan_path = write_plan(compiled, "interrupt", {"pretrain": "launch_entries:slow"})
     proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path),
                              "--allow-dirty"], cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 60
-        while not (tmp_path / NAME / "state.json").exists() or state(tmp_path)["pretrain"]["state"] != "running":
-            assert time.time() < deadline and proc.poll() is None
-            time.sleep(0.2)
+        wait_until_running(proc, tmp_path, "pretrain")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-from test_launch import NAME, calls, compiled, entries_importable, launch, records, state, write_plan  # noqa: E402,F401
+from test_launch import (NAME, calls, compiled, entries_importable, launch, records, state,  # noqa: E402,F401
+                         wait_until_running, write_plan)
 
 pytestmark = pytest.mark.slurm
 
@@ -70,7 +71,6 @@ def test_slurm_failure_cancels_dependents(slurm_cluster: dict[str, str], compile
 def test_slurm_status_and_cancel(slurm_cluster: dict[str, str], compiled: Path, tmp_path: Path) -> None:
     """`recipe cancel` scancels the running job; Slurm cancels its dependents; status reads sacct."""
     import subprocess
-    import time
 
     from conftest import REPO, run_main
 
@@ -79,10 +79,7 @@ def test_slurm_status_and_cancel(slurm_cluster: dict[str, str], compiled: Path, 
                              "--executor", "slurm", "--only", "midtrain", "--allow-dirty"],
                             cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while not (tmp_path / NAME / "state.json").exists() or state(tmp_path)["pretrain"]["state"] != "running":
-            assert time.time() < deadline and proc.poll() is None, "pretrain never ran"
-            time.sleep(0.5)
+        wait_until_running(proc, tmp_path, "pretrain", timeout=120)
         shown = run_main(["status", NAME, "--runs", tmp_path])
         rows = {line.split()[0]: line.split() for line in shown.out.splitlines()[3:] if len(line.split()) == 8}
         assert rows["pretrain"][1] == "running" and rows["midtrain"][1] == "pending"
