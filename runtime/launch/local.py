@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from runtime.launch.prepare import DONE, REPO, LaunchPlan, git_provenance, job_config, job_env
-from runtime.launch.state import RunState, write_json_atomically
+from runtime.launch.prepare import REPO, LaunchPlan, ensure_done, git_provenance, job_env, write_job_folder
+from runtime.launch.state import RunState
 from runtime.plan import PlannedJob
 
 CANCELLED_MARKER = ".cancelled"  # written by `recipe cancel` before it stops the job's processes
@@ -128,17 +128,11 @@ class LocalLauncher:
     def _start(self, job: PlannedJob) -> None:
         import submitit
 
-        out = self.launch.output_dir(job.id)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / DONE).unlink(missing_ok=True)  # --force: a rerun that fails must not look finished
+        config_path = write_job_folder(self.launch, job, executor=self.name, provenance=self.provenance,
+                                       stamp="started")
+        out = config_path.parent
         for stale in [*out.glob(".pgid.*"), out / CANCELLED_MARKER]:
             stale.unlink(missing_ok=True)
-        config_path = out / "config.json"
-        write_json_atomically(config_path, job_config(self.launch.plan, job))
-        write_json_atomically(out / "job.json", {
-            "id": job.id, "hash": job.hash, "kind": job.kind, "entry": job.entry, "plan": str(self.launch.plan.path),
-            "started": time.time(), "executor": self.name, "git": self.provenance,
-        })
         executor = submitit.LocalExecutor(folder=out / "logs")
         executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=1)
         running = _Running(job, executor, job_env(self.launch, job), config_path)
@@ -168,9 +162,7 @@ class LocalLauncher:
                     self._cancel_descendants(sibling_id)
             self._cancel_descendants(job.id)
             return
-        done = self.launch.output_dir(job.id) / DONE
-        if not done.exists():  # the entry returned without writing its marker: the launcher writes a minimal one
-            write_json_atomically(done, {"job": job.id, "hash": job.hash, "finished": time.time(), "written_by": "launcher"})
+        ensure_done(self.launch, job)
         self._set(job.id, "done", "finished")
 
     def _start_ready(self, units: list[list[PlannedJob]]) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from compiler.plan import FORMAT_VERSION, is_local_path
+from runtime.launch.state import write_json_atomically
 from runtime.outputs import input_env_var
 from runtime.plan import Plan, PlannedJob
 
@@ -252,6 +253,34 @@ def job_config(plan: Plan, job: PlannedJob) -> dict[str, Any]:
         "depends_on": list(job.depends_on), "array": job.array, "group": job.group,
         "resources": job.resources, "config": job.config,
     }
+
+
+def write_job_folder(launch: LaunchPlan, job: PlannedJob, *, executor: str, provenance: dict[str, Any],
+                     stamp: str) -> Path:
+    """Before a job starts (or is submitted): its output folder with config.json and job.json (plan, executor, git
+    provenance, `stamp`: the time it started or was submitted), and no DONE.json (--force: a rerun that fails must
+    not look finished). Returns config.json's path."""
+    import time
+
+    out = launch.output_dir(job.id)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DONE).unlink(missing_ok=True)
+    config_path = out / "config.json"
+    write_json_atomically(config_path, job_config(launch.plan, job))
+    write_json_atomically(out / "job.json", {
+        "id": job.id, "hash": job.hash, "kind": job.kind, "entry": job.entry, "plan": str(launch.plan.path),
+        stamp: time.time(), "executor": executor, "git": provenance,
+    })
+    return config_path
+
+
+def ensure_done(launch: LaunchPlan, job: PlannedJob) -> None:
+    """A job that ended well but whose entry wrote no DONE.json gets a minimal one from the launcher."""
+    import time
+
+    done = launch.output_dir(job.id) / DONE
+    if not done.exists():
+        write_json_atomically(done, {"job": job.id, "hash": job.hash, "finished": time.time(), "written_by": "launcher"})
 
 
 def job_env(launch: LaunchPlan, job: PlannedJob) -> dict[str, str]:

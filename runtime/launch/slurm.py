@@ -26,17 +26,32 @@ Used by `recipe launch --executor slurm` (runtime/launch/__init__.py). Tested ag
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from runtime.launch.local import _failure_reason, _repo_on_pythonpath
-from runtime.launch.prepare import DONE, LaunchPlan, git_provenance, job_config, job_env
-from runtime.launch.state import RunState, write_json_atomically
+from runtime.launch.prepare import LaunchPlan, ensure_done, git_provenance, job_env, write_job_folder
+from runtime.launch.state import RunState
 from runtime.plan import PlannedJob
 
 POLL_S = 5.0  # one sacct call per poll
-ENDED_OK = {"COMPLETED"}
-ENDED_BAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+# Slurm's job states -> ours. PREEMPTED and REQUEUED are on their way back to the queue (our tasks are
+# requeued on preemption), as submitit counts them; a state not listed (UNKNOWN: sacct has not seen it yet) is
+# pending.
+SLURM_TO_STATE = {"PENDING": "pending", "REQUEUED": "pending", "PREEMPTED": "pending", "RUNNING": "running",
+                  "COMPLETING": "running", "COMPLETED": "done", "CANCELLED": "cancelled", "FAILED": "failed",
+                  "TIMEOUT": "failed", "OUT_OF_MEMORY": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed",
+                  "DEADLINE": "failed"}
+SEVERITY = ("done", "pending", "running", "cancelled", "failed")  # a job with several tasks is its worst task
+
+
+def our_state(slurm_state: str) -> str:
+    """Our state for a Slurm state as sacct prints it ("CANCELLED by 0" -> cancelled)."""
+    return SLURM_TO_STATE.get(slurm_state.split(" ")[0], "pending")
+
+
+def worst(states: list[str]) -> str:
+    """The state of a job whose tasks are in `states` (ours): done only when every task is."""
+    return max(states, key=SEVERITY.index)
 
 
 def time_limit_minutes(value: str | None) -> int | None:
@@ -148,18 +163,6 @@ class SlurmLauncher:
         self.state.set(job_id, state, reason, **extra)
         self.on_change()
 
-    def _prepare_folder(self, job: PlannedJob) -> Path:
-        out = self.launch.output_dir(job.id)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / DONE).unlink(missing_ok=True)  # --force: a rerun that fails must not look finished
-        config_path = out / "config.json"
-        write_json_atomically(config_path, job_config(self.launch.plan, job))
-        write_json_atomically(out / "job.json", {
-            "id": job.id, "hash": job.hash, "kind": job.kind, "entry": job.entry, "plan": str(self.launch.plan.path),
-            "submitted": time.time(), "executor": self.name, "git": self.provenance,
-        })
-        return config_path
-
     def _dependency(self, job: PlannedJob) -> str | None:
         ids = sorted({_master_id(str(sub.job_id)) for p in job.depends_on for sub in self.submitted.get(p, [])})
         return f"afterok:{':'.join(ids)}" if ids else None
@@ -167,8 +170,9 @@ class SlurmLauncher:
     def submit(self, job: PlannedJob) -> list[Any]:
         import submitit
 
-        config_path = self._prepare_folder(job)
-        out = self.launch.output_dir(job.id)
+        config_path = write_job_folder(self.launch, job, executor=self.name, provenance=self.provenance,
+                                       stamp="submitted")
+        out = config_path.parent
         executor = submitit.AutoExecutor(folder=out / "logs", cluster="slurm")
         params = slurm_parameters(job, self.setup)
         dependency = self._dependency(job)
@@ -201,24 +205,20 @@ class SlurmLauncher:
 
     def _poll(self, job_id: str) -> None:
         """Move one job's state forward from its tasks' Slurm states (as of the last `_refresh`)."""
-        subs = self.submitted[job_id]
-        states = [str(s.watcher.get_state(s.job_id, mode="cache")).split(" ")[0] for s in subs]  # "CANCELLED by 0"
-        current = self.state.jobs[job_id].state
-        if all(s in ENDED_OK for s in states):
-            done = self.launch.output_dir(job_id) / DONE
-            if not done.exists():
-                write_json_atomically(done, {"job": job_id, "hash": self.state.jobs[job_id].hash,
-                                             "finished": time.time(), "written_by": "launcher"})
+        slurm_states = [str(s.watcher.get_state(s.job_id, mode="cache")).split(" ")[0] for s in self.submitted[job_id]]
+        tasks = [our_state(s) for s in slurm_states]
+        job_state = worst(tasks)
+        if job_state == "done":
+            ensure_done(self.launch, self.launch.plan.job(job_id))
             self._set(job_id, "done", "finished")
-        elif bad := [(i, s) for i, s in enumerate(states) if s in ENDED_BAD]:
-            index, slurm_state = bad[0]
-            if slurm_state == "CANCELLED":
-                parent = self._parent_failed(job_id)
-                self._set(job_id, "cancelled", f"parent {parent} did not finish" if parent
-                          else "cancelled on the cluster (scancel or recipe cancel)")
-                return
-            self._set(job_id, "failed", self._reason(job_id, index, slurm_state))
-        elif any(s in ("RUNNING", "COMPLETING") for s in states) and current == "pending":
+        elif job_state == "cancelled":
+            parent = self._parent_failed(job_id)
+            self._set(job_id, "cancelled", f"parent {parent} did not finish" if parent
+                      else "cancelled on the cluster (scancel or recipe cancel)")
+        elif job_state == "failed":
+            index = tasks.index("failed")
+            self._set(job_id, "failed", self._reason(job_id, index, slurm_states[index]))
+        elif job_state == "running" and self.state.jobs[job_id].state == "pending":
             self._set(job_id, "running", "running")
 
     def _parent_failed(self, job_id: str) -> str | None:

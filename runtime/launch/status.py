@@ -21,17 +21,14 @@ import sys
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from runtime.launch.progress import elapsed_text, last_metrics
+from runtime.launch.slurm import our_state, worst
 from runtime.launch.state import JobState, RunState
 
 UNFINISHED = ("pending", "running")
 LOG_TAIL_LINES = 5
-SACCT_TO_STATE = {"PENDING": "pending", "REQUEUED": "pending", "RUNNING": "running", "COMPLETING": "running",
-                  "COMPLETED": "done", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "failed",
-                  "OUT_OF_MEMORY": "failed", "NODE_FAIL": "failed", "PREEMPTED": "pending", "BOOT_FAIL": "failed",
-                  "DEADLINE": "failed"}
 
 
 class StatusError(Exception):
@@ -70,15 +67,11 @@ def sacct_states(ids: list[str]) -> dict[str, str]:
                              capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
-    rank = {"failed": 4, "cancelled": 3, "running": 2, "pending": 1, "done": 0}
-    states: dict[str, str] = {}
+    tasks: dict[str, list[str]] = {}
     for line in out.splitlines():
         job_id, _, raw = line.partition("|")
-        ours = SACCT_TO_STATE.get(raw.split(" ")[0], "pending")
-        key = job_id.split("_")[0]
-        if key not in states or rank[ours] > rank[states[key]]:
-            states[key] = ours
-    return states
+        tasks.setdefault(job_id.split("_")[0], []).append(our_state(raw))
+    return {key: worst(states) for key, states in tasks.items()}
 
 
 def refresh_from_slurm(state: RunState) -> None:
@@ -90,7 +83,7 @@ def refresh_from_slurm(state: RunState) -> None:
     for job in unfinished:
         seen = [live[i] for i in slurm_ids(job) if i in live]
         if seen:
-            job.state = max(seen, key=["done", "pending", "running", "cancelled", "failed"].index)
+            job.state = worst(seen)
 
 
 def total_steps(output_dir: str) -> int | None:

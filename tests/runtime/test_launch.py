@@ -67,6 +67,21 @@ def records(runs: Path, job_id: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("record.*.json"))]
 
 
+def start_launch(plan: Path, runs: Path, *extra: str, stderr_apart: bool = False) -> Any:
+    """`recipe launch PLAN` in the background (a job to act on while it runs): the Popen, text output piped."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan), "--runs", str(runs),
+                             "--allow-dirty", *extra], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT)
+
+
+def status_rows(out: str) -> dict[str, list[str]]:
+    """`recipe status` table rows by job: [job, state, id, elapsed, step, loss, tok/s, eta]."""
+    return {row[0]: row for row in (line.split() for line in out.splitlines()[3:]) if len(row) == 8}
+
+
 def wait_until_running(proc: Any, runs: Path, job_id: str, *, marker: str | None = None,
                        timeout: float = 60.0) -> None:
     """Wait until a background `recipe launch` (proc) shows job_id running (and its output holds `marker`)."""
@@ -238,8 +253,7 @@ def test_status_and_logs_of_a_failed_run(compiled: Path, tmp_path: Path) -> None
     assert launch(write_plan(compiled, "status-fail", {"long-context": "launch_entries:fail"}), tmp_path).code != 0
     result = run_main(["status", NAME, "--runs", tmp_path])
     assert result.code == 1  # a job failed
-    table = [line.split() for line in result.out.splitlines()[3:] if len(line.split()) == 8]
-    rows = {row[0]: row for row in table}
+    rows = status_rows(result.out)
     assert rows["pretrain"][1] == "done" and rows["pretrain"][4] == "1/489" and rows["pretrain"][5] == "2.5000"
     assert rows["long-context"][1] == "failed" and rows["sft"][1] == "cancelled"
     assert "long-context failed: " in result.out and "boom" in result.out
@@ -252,13 +266,7 @@ def test_status_and_logs_of_a_failed_run(compiled: Path, tmp_path: Path) -> None
 
 
 def test_cancel_stops_a_running_local_job_and_its_dependents(compiled: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    plan_path = write_plan(compiled, "cancel", {"sft": "launch_entries:slow"})
-    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path),
-                             "--allow-dirty"],
-                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start_launch(write_plan(compiled, "cancel", {"sft": "launch_entries:slow"}), tmp_path)
     try:
         wait_until_running(proc, tmp_path, "sft", marker="started")
         cancelled = run_main(["cancel", NAME, "sft", "--runs", tmp_path])
@@ -310,12 +318,9 @@ def test_slurm_dry_run_of_a_1000_node_plan_submits_arrays_not_thousands_of_jobs(
 
 def test_ctrl_c_stops_a_local_launch_without_a_traceback(compiled: Path, tmp_path: Path) -> None:
     import signal
-    import subprocess
-    import sys
 
-    plan_path = write_plan(compiled, "interrupt", {"pretrain": "launch_entries:slow"})
-    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path),
-                             "--allow-dirty"], cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start_launch(write_plan(compiled, "interrupt", {"pretrain": "launch_entries:slow"}), tmp_path,
+                        stderr_apart=True)
     try:
         wait_until_running(proc, tmp_path, "pretrain")
         proc.send_signal(signal.SIGINT)
@@ -327,3 +332,13 @@ def test_ctrl_c_stops_a_local_launch_without_a_traceback(compiled: Path, tmp_pat
     jobs = state(tmp_path)
     assert jobs["pretrain"]["state"] == "failed" and "interrupted" in jobs["pretrain"]["reason"]
     assert jobs["midtrain"]["state"] == "cancelled"
+
+
+def test_slurm_states_map_to_ours_and_a_job_is_its_worst_task() -> None:
+    from runtime.launch.slurm import our_state, worst
+
+    assert [our_state(s) for s in ("COMPLETED", "CANCELLED by 0", "PREEMPTED", "REQUEUED", "TIMEOUT", "UNKNOWN",
+                                    "COMPLETING")] == ["done", "cancelled", "pending", "pending", "failed", "pending",
+                                                       "running"]
+    assert worst(["done", "done"]) == "done" and worst(["done", "running"]) == "running"
+    assert worst(["running", "cancelled", "done"]) == "cancelled" and worst(["cancelled", "failed"]) == "failed"

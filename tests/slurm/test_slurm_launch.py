@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-from test_launch import (NAME, calls, compiled, entries_importable, launch, records, state,  # noqa: E402,F401
-                         wait_until_running, write_plan)
+from test_launch import (NAME, calls, compiled, entries_importable, launch, records,  # noqa: E402,F401
+                         start_launch, state, status_rows, wait_until_running, write_plan)
 
 pytestmark = pytest.mark.slurm
 
@@ -70,18 +70,14 @@ def test_slurm_failure_cancels_dependents(slurm_cluster: dict[str, str], compile
 
 def test_slurm_status_and_cancel(slurm_cluster: dict[str, str], compiled: Path, tmp_path: Path) -> None:
     """`recipe cancel` scancels the running job; Slurm cancels its dependents; status reads sacct."""
-    import subprocess
-
-    from conftest import REPO, run_main
+    from conftest import run_main
 
     plan_path = write_plan(compiled, "slurm-cancel", {"pretrain": "launch_entries:slow"}, edit=small)
-    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan_path), "--runs", str(tmp_path),
-                             "--executor", "slurm", "--only", "midtrain", "--allow-dirty"],
-                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = start_launch(plan_path, tmp_path, "--executor", "slurm", "--only", "midtrain")
     try:
         wait_until_running(proc, tmp_path, "pretrain", timeout=120)
         shown = run_main(["status", NAME, "--runs", tmp_path])
-        rows = {line.split()[0]: line.split() for line in shown.out.splitlines()[3:] if len(line.split()) == 8}
+        rows = status_rows(shown.out)
         assert rows["pretrain"][1] == "running" and rows["midtrain"][1] == "pending"
         assert rows["pretrain"][2] == state(tmp_path)["pretrain"]["executor_id"]  # the Slurm id
         cancelled = run_main(["cancel", NAME, "pretrain", "--runs", tmp_path])
