@@ -242,15 +242,16 @@ class DPOTrainer(RecipeTrainer):
             raise NotImplementedError("DPO supports data parallelism (FSDP, replicate) and tensor parallelism; "
                                       "not pipeline or context parallelism")
         super().__init__(config)  # loads the `from` weights: the frozen reference
-        self._stats = torch.zeros(5, dtype=torch.float64)  # pairs, accurate, margin, chosen, rejected
+        # step sums: pairs, accurate pairs, margin, chosen reward, rejected reward
+        self._stats = torch.zeros(5, dtype=torch.float64, device=self.device)
         dataset = self.dataloader.dataset
         self.pad_id = dataset.pad_id
-        logps, _ = self.reference_scores(dataset.pairs)
+        logps, _ = self.score(dataset.pairs)
         dataset.reference = logps
         self.held_out: tuple[list[Pair], torch.Tensor] | None = None
         if config.held_out is not None:
             pairs = tokenize_pairs(self.tokenizer, load_pairs(config.held_out), config.training.seq_len)
-            self.held_out = (pairs, self.reference_scores(pairs)[0])
+            self.held_out = (pairs, self.score(pairs)[0])
 
     @staticmethod
     def parallel_dims_unsupported(config: Config) -> bool:
@@ -263,8 +264,9 @@ class DPOTrainer(RecipeTrainer):
         mesh = self.parallel_dims.get_mesh("batch")
         return mesh.get_local_rank(), mesh.size(), mesh.get_group()
 
-    def reference_scores(self, pairs: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probs and lengths (N, 2) of `pairs` under the current weights, split across DP ranks."""
+    def score(self, pairs: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probs and lengths (N, 2) of `pairs` under the current weights (the reference before training,
+        the policy after), the work split across data-parallel ranks."""
         rank, world, group = self._batch_group()
         return sharded_scores(self.model_parts[0], pairs, self.config.training.seq_len, self.pad_id, rank=rank,
                               world=world, group=group, device=self.device)
@@ -288,14 +290,13 @@ class DPOTrainer(RecipeTrainer):
             # a mean over the optimizer step's pairs: the Trainer sums micro-batches and data-parallel ranks
             loss = losses.sum() / self.config.training.global_batch_size
             loss.backward()
-        with torch.no_grad():
-            self._stats += torch.tensor([len(losses), float((chosen > rejected).sum()),
-                                         float((chosen - rejected).sum()), float(chosen.sum()),
-                                         float(rejected.sum())], dtype=torch.float64)
+        with torch.no_grad():  # stays on the device: no host sync per micro-batch
+            self._stats += torch.stack([torch.ones_like(chosen).sum(), (chosen > rejected).sum(),
+                                        (chosen - rejected).sum(), chosen.sum(), rejected.sum()]).double()
         return loss.detach()
 
     def step_metrics(self) -> dict[str, float]:
-        stats = self._stats.to(self.device)
+        stats = self._stats.clone()
         _, world, group = self._batch_group()
         if world > 1:
             torch.distributed.all_reduce(stats, group=group)
@@ -312,5 +313,5 @@ class DPOTrainer(RecipeTrainer):
         if self.held_out is None:
             return None
         pairs, reference = self.held_out
-        policy, lengths = self.reference_scores(pairs)
+        policy, lengths = self.score(pairs)
         return pair_metrics(policy, reference, lengths, beta=self.config.beta, kind=self.config.dpo_loss)
