@@ -208,7 +208,7 @@ def run_lm(job: dict[str, Any]) -> None:
         evals: dict[str, Any] = trainer.evaluate(held_out_texts(sources))
         logger.info(f"{job['id']}: held-out " + ", ".join(f"{k} loss {v['loss']:.3f} bpb {v['bpb']:.3f}"
                                                           for k, v in evals.items()))
-        arith = answer_accuracy(trainer, [s["path"] for s in sources.values() if s.get("path")], chat=False)
+        arith = answer_accuracy(trainer, [p for s in sources.values() for p in data_paths(s)], chat=False)
         return {**evals, **arith}
 
     _train_job(job, build_config=lambda out, init: build_trainer_config(job, out, init_hf_path=init, weights=weights),
@@ -247,6 +247,19 @@ def local_source(job: Mapping[str, Any], data: Mapping[str, Any], what: str) -> 
     return source
 
 
+def validation_split(source: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The source's `validation` split when it is a local folder that has one, else None."""
+    path = Path(source["path"]) if source.get("path") else None
+    if path is not None and path.is_dir() and (path / "validation.jsonl").is_file():
+        return {**source, "split": "validation"}
+    return None
+
+
+def data_paths(source: Mapping[str, Any]) -> list[str]:
+    """The source's local path, for the toy world's eval lookup (`runtime.answer_eval.toy_arith_rows`)."""
+    return [str(source["path"])] if source.get("path") else []
+
+
 def run_sft(job: dict[str, Any]) -> None:
     """Supervised fine-tuning (`runtime.sft_data`: chat template, packed conversations, loss on the assistant's
     tokens only) through the same trainer; eval: held-out loss on the data's `validation` split (assistant tokens
@@ -266,12 +279,12 @@ def run_sft(job: dict[str, Any]) -> None:
         from runtime.sft_data import assistant_loss, load_conversations
 
         evals: dict[str, Any] = {}
-        model, seq_len = trainer.model_parts[0], trainer.config.training.seq_len
-        path = Path(source["path"]) if source.get("path") else None
-        if path is not None and path.is_dir() and (path / "validation.jsonl").is_file():
-            evals["validation"] = assistant_loss(model, trainer.tokenizer, load_conversations(source, "validation"),
-                                                 seq_len, device=trainer.device)
-        evals.update(answer_accuracy(trainer, [str(path)] if path else [], chat=True))
+        validation = validation_split(source)
+        if validation is not None:
+            evals["validation"] = assistant_loss(trainer.model_parts[0], trainer.tokenizer,
+                                                 load_conversations(validation), trainer.config.training.seq_len,
+                                                 device=trainer.device)
+        evals.update(answer_accuracy(trainer, data_paths(source), chat=True))
         logger.info(f"{job['id']}: eval {json.dumps(evals)[:500]}")
         return evals
 
@@ -296,9 +309,6 @@ def run_dpo(job: dict[str, Any]) -> None:
     if (cfg.get("init") or {}).get("kind", "random") == "random":
         raise ValueError(f"job {job['id']}: DPO needs a `from` model (the policy's start and the frozen reference)")
     source = local_source(job, cfg["data"], "preference pairs")
-    path = Path(source["path"]) if source.get("path") else None
-    held_out = ({**source, "split": "validation"}
-                if path is not None and path.is_dir() and (path / "validation.jsonl").is_file() else None)
     loader = DPODataLoader.Config(source=source, seed=int(cfg.get("seed", 0)))
 
     def evaluate(trainer: Any) -> dict[str, Any]:
@@ -310,12 +320,12 @@ def run_dpo(job: dict[str, Any]) -> None:
             evals["held_out_pairs"] = pairs
             logger.info(f"{job['id']}: held-out pairs reward accuracy {pairs['reward_accuracy']:.3f}, margin "
                         f"{pairs['reward_margin']:.4f} ({pairs['pairs']} pairs)")
-        evals.update(answer_accuracy(trainer, [str(path)] if path else [], chat=True))
+        evals.update(answer_accuracy(trainer, data_paths(source), chat=True))
         return evals
 
     _train_job(job, build_config=lambda out, init: build_trainer_config(
         job, out, init_hf_path=init, dataloader=loader, config_class=DPOTrainer.Config, beta=float(dpo["beta"]),
-        dpo_loss=dpo["loss"], held_out=held_out), evaluate=evaluate, done={"data": source, "dpo": dpo})
+        dpo_loss=dpo["loss"], held_out=validation_split(source)), evaluate=evaluate, done={"data": source, "dpo": dpo})
 
 
 RUNNERS = {**{kind: run_lm for kind in LM_KINDS}, "sft": run_sft, "dpo": run_dpo}
