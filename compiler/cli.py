@@ -10,6 +10,7 @@
     recipe status RUN [--watch [SECONDS]]
     recipe logs RUN JOB [--task N] [-f]
     recipe cancel RUN [JOB ...]
+    recipe report RUN [OTHER_RUN] [--runs DIR] [--out DIR] [--metric GLOB ...]
 
 User mistakes print one `file:line:col: path: message` line each and exit 2.
 """
@@ -96,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="runs/<name> or a recipe name")
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--runs", default="runs", help="run folder (default: runs)")
+    p = sub.add_parser("report", help="a run's eval metrics per stage, or two runs side by side (Δ = B − A); "
+                                      "writes Markdown with charts")
+    p.add_argument("run", help="runs/<name> or a recipe name (A when comparing)")
+    p.add_argument("other", nargs="?", metavar="OTHER_RUN", help="a second run to compare against RUN (B)")
+    p.add_argument("--runs", default="runs", help="run folder (default: runs)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where report.md and charts/ go (default: RUN/report, or RUN/report-vs-<OTHER_RUN>)")
+    p.add_argument("--metric", dest="metrics", action="append", default=None, metavar="GLOB",
+                   help="only metrics whose name matches GLOB (repeatable), e.g. 'tasks/*/exact_match' or 'in-house/*'")
     return parser
 
 
@@ -207,6 +217,12 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return _run_command(cancel, args.run, args.jobs or None, runs=args.runs)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from runtime.report import report
+
+    return _run_command(report, args.run, args.other, runs=args.runs, out=args.out, metrics=args.metrics)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from compiler.schema import recipe_schema
 
@@ -224,6 +240,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "logs": cmd_logs,
     "cancel": cmd_cancel,
+    "report": cmd_report,
 }
 
 

@@ -1,0 +1,274 @@
+"""Read a launched run into a table of stage x metric values: what `recipe report` prints, writes and charts.
+
+- Stages come in plan order (the order of the jobs in `runs/<name>/state.json`); a job's stage and kind come from
+  its output folder's config.json, else from the plan.json state.json names, else (eval jobs) from its id
+  `eval-<stage>`.
+- Per stage: the eval job's `metrics.json` (`<suite>/<task>/<metric>` -> value; a done job without one falls back
+  to its DONE.json's "metrics"), and the training job's own numbers from its DONE.json ("final_loss" and the
+  in-house "eval" dict), named `in-house/...` so they never pass for lm-eval numbers.
+- The swarm's proxies (`mix-swarm-eval`, an array): every `proxy-<i>/metrics.json` in its folder.
+
+User-facing problems (no such run, no eval jobs yet, a corrupt metrics.json) raise ReportError: one line.
+Standard library only; test: `python -m pytest tests/runtime/test_report.py -q`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from runtime.launch.status import StatusError, find_run
+
+EVAL_KIND = "eval"
+SWARM_EVAL = "mix-swarm-eval"
+IN_HOUSE = "in-house"
+FINAL_LOSS = f"{IN_HOUSE}/train/final_loss"
+HAS_METRICS = ("done", "cached")
+# Sizes, not scores: left out of the in-house numbers.
+_COUNTS = frozenset({"bytes", "docs", "tokens", "n", "pairs", "samples", "count"})
+
+
+class ReportError(StatusError):
+    """A user-facing problem with a report (no run, no eval jobs, a corrupt metrics file): one line, exit 2."""
+
+
+@dataclass
+class StageResult:
+    """One stage's numbers: its eval job's metrics and its training job's own (in-house) numbers."""
+
+    stage: str
+    eval_job: str | None = None
+    eval_state: str | None = None  # state.json's state, or "missing" (done but no metrics)
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    in_house: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def eval_ok(self) -> bool:
+        return self.eval_job is None or self.eval_state in HAS_METRICS
+
+    def value(self, name: str) -> float | None:
+        return self.in_house.get(name) if name.startswith(IN_HOUSE + "/") else self.metrics.get(name)
+
+
+@dataclass
+class SwarmResult:
+    """The swarm proxies' metrics (`mix-swarm-eval`): one dict per proxy that has its metrics.json."""
+
+    job: str
+    state: str
+    size: int | None
+    proxies: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_dir: Path
+    stages: list[StageResult]
+    swarm: SwarmResult | None = None
+
+    def stage(self, name: str) -> StageResult | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    def metric_names(self) -> list[str]:
+        """Every metric any stage has: lm-eval names sorted, then in-house names (final loss first)."""
+        evals = sorted({m for s in self.stages for m in s.metrics})
+        house = sorted({m for s in self.stages for m in s.in_house}, key=lambda m: (m != FINAL_LOSS, m))
+        return evals + house
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content; None when it does not exist; ReportError when it is not JSON."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_metrics_file(path: Path) -> dict[str, float] | None:
+    """The "metrics" dict of an eval job's metrics.json (None when absent); ReportError when it is malformed."""
+    data = _read_json(path)
+    if data is None:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        raise ReportError(f"{path}: not an eval metrics file (expected an object with a \"metrics\" object)")
+    out: dict[str, float] = {}
+    for name, value in data["metrics"].items():
+        if value is None:  # NaN written as null: no value
+            continue
+        number = _number(value)
+        if number is None or str(name).count("/") != 2:
+            raise ReportError(f"{path}: metric {name!r}: expected a <suite>/<task>/<metric> name and a number "
+                              f"(got {json.dumps(value)})")
+        out[name] = number
+    return out
+
+
+def in_house_numbers(done: Any) -> dict[str, float]:
+    """A training job's DONE.json -> `in-house/train/final_loss` and `in-house/<set>/<metric>` from its "eval"."""
+    if not isinstance(done, dict):
+        return {}
+    out: dict[str, float] = {}
+    loss = _number(done.get("final_loss"))
+    if loss is not None:
+        out[FINAL_LOSS] = loss
+    evals = done.get("eval")
+    if isinstance(evals, dict):
+        for name, values in evals.items():
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                number = _number(value)
+                if number is not None and key not in _COUNTS:
+                    out[f"{IN_HOUSE}/{name}/{key}"] = number
+    return out
+
+
+@dataclass
+class _Job:
+    id: str
+    state: str
+    reason: str
+    output_dir: Path
+    stage: str
+    kind: str
+    config: dict[str, Any]
+    array: Any
+
+
+def _plan_jobs(plan_path: Any) -> dict[str, dict[str, Any]]:
+    """The plan's jobs by id, when the plan.json state.json names is still there (else {})."""
+    try:
+        plan = json.loads(Path(str(plan_path)).read_text(encoding="utf-8"))
+        return {job["id"]: job for job in plan["jobs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _jobs(run_dir: Path) -> tuple[dict[str, Any], list[_Job]]:
+    state = _read_json(run_dir / "state.json")
+    if not isinstance(state, dict) or not isinstance(state.get("jobs"), dict):
+        raise ReportError(f"{run_dir / 'state.json'}: not a run state file (no \"jobs\" object)")
+    planned = _plan_jobs(state.get("plan"))
+    jobs = []
+    for job_id, entry in state["jobs"].items():
+        out = Path(str(entry.get("output_dir", run_dir / job_id)))
+        try:
+            config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        source = config or planned.get(job_id, {})
+        stage = source.get("stage") or (job_id[len("eval-"):] if job_id.startswith("eval-") else job_id)
+        kind = source.get("kind") or (EVAL_KIND if job_id.startswith("eval-") else "")
+        jobs.append(_Job(job_id, str(entry.get("state", "pending")), str(entry.get("reason", "")), out, str(stage),
+                         str(kind), source.get("config") or {}, source.get("array")))
+    return state, jobs
+
+
+def _eval_stage(job: _Job) -> StageResult:
+    result = StageResult(job.stage, eval_job=job.id, eval_state=job.state, reason=job.reason)
+    if job.state not in HAS_METRICS:
+        return result
+    metrics = read_metrics_file(job.output_dir / "metrics.json")
+    if metrics is None:  # an older job, or one that wrote only DONE.json
+        done = _read_json(job.output_dir / "DONE.json")
+        found = done.get("metrics") if isinstance(done, dict) else None
+        metrics = {k: v for k, v in (found or {}).items() if _number(v) is not None} if isinstance(found, dict) else None
+    if metrics is None:
+        result.eval_state, result.reason = "missing", f"no metrics.json in {job.output_dir}"
+    else:
+        result.metrics = metrics
+    return result
+
+
+def _swarm(job: _Job) -> SwarmResult:
+    size = job.array.get("size") if isinstance(job.array, dict) else None
+    result = SwarmResult(job.id, job.state, size if isinstance(size, int) else None)
+    for path in sorted(job.output_dir.glob("proxy-*/metrics.json")):
+        index = path.parent.name[len("proxy-"):]
+        if index.isdigit():
+            metrics = read_metrics_file(path)
+            if metrics:
+                result.proxies[int(index)] = metrics
+    return result
+
+
+def _producer(job: _Job) -> str | None:
+    model = job.config.get("model")
+    return str(model["job"]) if isinstance(model, dict) and model.get("job") else None
+
+
+def collect(run_dir: Path) -> RunResult:
+    """Read one run folder (it holds state.json) into per-stage results in plan order."""
+    state, jobs = _jobs(run_dir)
+    swarm = next((j for j in jobs if j.id == SWARM_EVAL), None)
+    if not any(j.kind == EVAL_KIND for j in jobs):
+        raise ReportError(f"{run_dir}: no eval jobs in this run (its plan has none: add evals to the recipe, "
+                          f"compile and launch it again)")
+    stages: dict[str, StageResult] = {}
+    house: dict[str, dict[str, dict[str, float]]] = {}  # stage -> training job -> its numbers, in plan order
+    producers: dict[str, str | None] = {}
+    for job in jobs:
+        if job.id == SWARM_EVAL:
+            continue
+        if job.kind == EVAL_KIND:
+            stages[job.stage] = _eval_stage(job)
+            producers[job.stage] = _producer(job)
+            continue
+        stages.setdefault(job.stage, StageResult(job.stage))
+        numbers = in_house_numbers(_read_json(job.output_dir / "DONE.json")) if job.state in HAS_METRICS else {}
+        if numbers:
+            house.setdefault(job.stage, {})[job.id] = numbers
+    for name, result in stages.items():
+        found = house.get(name, {})
+        # the numbers of the model the stage's eval job evaluates, else of the stage's last training job
+        result.in_house = found.get(producers.get(name) or "") or (list(found.values())[-1] if found else {})
+    kept = [s for s in stages.values() if s.eval_job or s.in_house]
+    result = RunResult(name=str(state.get("recipe") or run_dir.name), run_dir=run_dir, stages=kept,
+                       swarm=_swarm(swarm) if swarm else None)
+    if not any(s.metrics for s in kept) and not (result.swarm and result.swarm.proxies):
+        waiting = [f"{s.eval_job} {s.eval_state}" for s in kept if s.eval_job]
+        waiting += [f"{result.swarm.job} {result.swarm.state}"] if result.swarm else []
+        raise ReportError(f"{run_dir}: no eval job has metrics yet ({', '.join(waiting)})")
+    return result
+
+
+def load_run(arg: str, runs: str | Path = "runs") -> RunResult:
+    """`recipe report`'s RUN argument (runs/<name> or a recipe name, as `recipe status` takes it) -> its results."""
+    return collect(find_run(arg, runs))
+
+
+def select_metrics(names: Iterable[str], patterns: Iterable[str] | None) -> list[str]:
+    """The names matching any glob of `patterns` (all when there are none), order kept."""
+    patterns = list(patterns or [])
+    return [n for n in names if not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def stage_order(*runs: RunResult) -> list[str]:
+    """Every stage of the runs in plan order: the first run's, with the others' extra stages after their
+    predecessor in their own run."""
+    order: list[str] = []
+    for run in runs:
+        previous: str | None = None
+        for stage in (s.stage for s in run.stages):
+            if stage not in order:
+                order.insert(order.index(previous) + 1 if previous is not None else 0, stage)
+            previous = stage
+    return order
