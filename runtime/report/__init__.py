@@ -3,7 +3,8 @@
     recipe report RUN [OTHER_RUN] [--runs DIR] [--out DIR] [--metric GLOB ...]
 
 RUN and OTHER_RUN: runs/<name> (a folder with state.json) or a recipe name, as `recipe status` takes them.
-One run: per suite, a table of metric x stage (plan order). Two runs (A = RUN, B = OTHER_RUN): per suite and
+One run: per suite, a table of metric x stage (plan order; a stage with two models, RL and its random-reward
+control, has a column for each, named after the job that made the model). Two runs (A = RUN, B = OTHER_RUN): per suite and
 metric, each stage's A, B, Δ = B − A and whether B is better or worse (when the metric's direction is known).
 Writes OUT/report.md (default RUN/report/, or RUN/report-vs-<OTHER>/ for two runs) with the same tables and
 OUT/charts/<suite>__<task>__<metric>.png, every chart rendered before any file is written, each file written

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from runtime.report.collect import IN_HOUSE, RunResult, stage_order
 
 WIDTH_IN, HEIGHT_IN, DPI = 4.8, 2.8, 100
-STYLES = ({"marker": "o", "linestyle": "-"}, {"marker": "s", "linestyle": "--", "markerfacecolor": "none"})
+STYLES: tuple[dict[str, Any], ...] = ({"marker": "o", "linestyle": "-"}, {"marker": "s", "linestyle": "--", "markerfacecolor": "none"})
 
 
 def _value(run: RunResult, stage: str, metric: str) -> float | None:
@@ -48,7 +48,8 @@ def render(runs: Sequence[RunResult], labels: Sequence[str], names: Sequence[str
         try:
             for (label, points), style in zip(values.items(), STYLES):
                 xs = [i for i, stage in enumerate(stages) if points[stage] is not None]
-                ax.plot(xs, [points[stages[i]] for i in xs], label=label, **style)  # joined across missing stages
+                ys = [float(points[stages[i]] or 0.0) for i in xs]
+                ax.plot(xs, ys, label=label, **style)  # joined across stages without a value
             ax.set_xticks(range(len(stages)), stages, rotation=20, ha="right", fontsize=8)
             ax.set_title(metric, fontsize=9)
             ax.tick_params(axis="y", labelsize=8)

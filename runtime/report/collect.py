@@ -1,11 +1,14 @@
 """Read a launched run into a table of stage x metric values: what `recipe report` prints, writes and charts.
 
-- Stages come in plan order (the order of the jobs in `runs/<name>/state.json`); a job's stage and kind come from
-  its output folder's config.json, else from the plan.json state.json names, else (eval jobs) from its id
-  `eval-<stage>`.
-- Per stage: the eval job's `metrics.json` (`<suite>/<task>/<metric>` -> value; a done job without one falls back
-  to its DONE.json's "metrics"), and the training job's own numbers from its DONE.json ("final_loss" and the
-  in-house "eval" dict), named `in-house/...` so they never pass for lm-eval numbers.
+- One column per model the run trained and evaluated, named after the job that made it (its stage's name for a
+  stage's main job: `sft`; its own id for a second model of one stage: `rlvr-random-reward`), in plan order (the
+  order of the jobs in `runs/<name>/state.json`). A job's stage, kind and config come from its output folder's
+  config.json, else from the plan.json state.json names; an eval job's model is its config's `model.job`, else
+  its id without `eval-`.
+- Per column: the eval job's `metrics.json` (`<suite>/<task>/<metric>` -> value; a done job without one falls
+  back to its DONE.json's "metrics"), and the training job's own numbers from its DONE.json ("final_loss" and the
+  in-house "eval" dict), named `in-house/...` so they never pass for lm-eval numbers. A training job that is not
+  evaluated gets a column only when it has such numbers.
 - The swarm's proxies (`mix-swarm-eval`, an array): every `proxy-<i>/metrics.json` in its folder.
 
 User-facing problems (no such run, no eval jobs yet, a corrupt metrics.json) raise ReportError: one line.
@@ -37,9 +40,14 @@ class ReportError(StatusError):
 
 @dataclass
 class StageResult:
-    """One stage's numbers: its eval job's metrics and its training job's own (in-house) numbers."""
+    """One column of the report: a model the run trained, its eval job's metrics and its own (in-house) numbers.
+
+    `stage` is the column's name: the id of the job that made the model, which is the stage's name for a stage's
+    main job (`sft`) and the job's own id for a second model of a stage (`rlvr-random-reward` in stage `rlvr`).
+    """
 
     stage: str
+    plan_stage: str = ""
     eval_job: str | None = None
     eval_state: str | None = None  # state.json's state, or "missing" (done but no metrics)
     reason: str = ""
@@ -182,8 +190,8 @@ def _jobs(run_dir: Path) -> tuple[dict[str, Any], list[_Job]]:
     return state, jobs
 
 
-def _eval_stage(job: _Job) -> StageResult:
-    result = StageResult(job.stage, eval_job=job.id, eval_state=job.state, reason=job.reason)
+def _eval_stage(job: _Job, target: str) -> StageResult:
+    result = StageResult(target, plan_stage=job.stage, eval_job=job.id, eval_state=job.state, reason=job.reason)
     if job.state not in HAS_METRICS:
         return result
     metrics = read_metrics_file(job.output_dir / "metrics.json")
@@ -210,37 +218,36 @@ def _swarm(job: _Job) -> SwarmResult:
     return result
 
 
-def _producer(job: _Job) -> str | None:
+def _target(job: _Job) -> str:
+    """The job an eval job evaluates: its config's model.job, else its id without `eval-`."""
     model = job.config.get("model")
-    return str(model["job"]) if isinstance(model, dict) and model.get("job") else None
+    if isinstance(model, dict) and model.get("job"):
+        return str(model["job"])
+    return job.id[len("eval-"):] if job.id.startswith("eval-") else job.stage
 
 
 def collect(run_dir: Path) -> RunResult:
-    """Read one run folder (it holds state.json) into per-stage results in plan order."""
+    """Read one run folder (it holds state.json) into one result per evaluated model, in plan order."""
     state, jobs = _jobs(run_dir)
     swarm = next((j for j in jobs if j.id == SWARM_EVAL), None)
     if not any(j.kind == EVAL_KIND for j in jobs):
         raise ReportError(f"{run_dir}: no eval jobs in this run (its plan has none: add evals to the recipe, "
                           f"compile and launch it again)")
-    stages: dict[str, StageResult] = {}
-    house: dict[str, dict[str, dict[str, float]]] = {}  # stage -> training job -> its numbers, in plan order
-    producers: dict[str, str | None] = {}
+    evals = {_target(j): j for j in jobs if j.kind == EVAL_KIND and j.id != SWARM_EVAL}
+    columns: dict[str, StageResult] = {}
     for job in jobs:
         if job.id == SWARM_EVAL:
             continue
         if job.kind == EVAL_KIND:
-            stages[job.stage] = _eval_stage(job)
-            producers[job.stage] = _producer(job)
+            target = _target(job)
+            evaluated = _eval_stage(job, target)
+            evaluated.in_house = columns[target].in_house if target in columns else {}
+            columns[target] = evaluated
             continue
-        stages.setdefault(job.stage, StageResult(job.stage))
         numbers = in_house_numbers(_read_json(job.output_dir / "DONE.json")) if job.state in HAS_METRICS else {}
-        if numbers:
-            house.setdefault(job.stage, {})[job.id] = numbers
-    for name, result in stages.items():
-        found = house.get(name, {})
-        # the numbers of the model the stage's eval job evaluates, else of the stage's last training job
-        result.in_house = found.get(producers.get(name) or "") or (list(found.values())[-1] if found else {})
-    kept = [s for s in stages.values() if s.eval_job or s.in_house]
+        if numbers or job.id in evals:  # a column where the job's model is evaluated, or it has numbers of its own
+            columns.setdefault(job.id, StageResult(job.id, plan_stage=job.stage)).in_house = numbers
+    kept = list(columns.values())
     result = RunResult(name=str(state.get("recipe") or run_dir.name), run_dir=run_dir, stages=kept,
                        swarm=_swarm(swarm) if swarm else None)
     if not any(s.metrics for s in kept) and not (result.swarm and result.swarm.proxies):

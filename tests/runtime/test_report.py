@@ -18,7 +18,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # plan order: the training stages, each followed by its eval job; `long-context` has no eval job
 STAGES = ["pretrain", "midtrain", "long-context", "sft", "dpo"]
-EVALUATED = ["pretrain", "midtrain", "sft", "dpo"]
+# a second model of one stage (as the compiler plans RL's random-reward control): own column, own eval job
+STAGE_OF = {"rlvr-random-reward": "rlvr"}
 
 BASE = {  # run A's lm-eval metrics per stage
     "pretrain": {"toy/arithmetic/bpb": 0.6309, "toy/text/bpb": 0.3471, "tasks/toy_arith/exact_match": 0.0,
@@ -52,8 +53,8 @@ def _job(run_dir: Path, state: dict[str, Any], job_id: str, stage: str, kind: st
 
 def make_run(root: Path, name: str, metrics: dict[str, dict[str, float]], *, failed: tuple[str, ...] = (),
              loss: float = 0.9, swarm: list[dict[str, float]] | None = None, order: list[str] | None = None) -> Path:
-    """A run folder `root/name` with a training job per stage in `order` and an eval job after each stage that
-    has metrics (or is listed in `failed`)."""
+    """A run folder `root/name` with the training jobs in `order` and an eval job after each one that has metrics
+    (or is listed in `failed`)."""
     run_dir = root / name
     state: dict[str, Any] = {"recipe": name, "plan": str(root / "gone" / "plan.json"), "executor": "local",
                              "started": 0.0, "updated": 1.0, "jobs": {}}
@@ -63,20 +64,21 @@ def make_run(root: Path, name: str, metrics: dict[str, dict[str, float]], *, fai
                    config={"model": {"job": "mix-swarm", "proxies": True}})
         for i, values in enumerate(swarm):  # the last proxy has no metrics.json
             _write(out / f"proxy-{i:05d}" / "metrics.json", {"job": "mix-swarm-eval", "metrics": values})
-    for index, stage in enumerate(order or STAGES):
-        out = _job(run_dir, state, stage, stage, stage.replace("-", "_"))
-        _write(out / "DONE.json", {"job": stage, "final_loss": loss + index / 10,
+    for index, job in enumerate(order or STAGES):
+        stage = STAGE_OF.get(job, job)
+        out = _job(run_dir, state, job, stage, stage.replace("-", "_"))
+        _write(out / "DONE.json", {"job": job, "final_loss": loss + index / 10,
                                    "eval": {"arithmetic": {"bpb": 0.5 + index / 100, "bytes": 100, "docs": 3},
                                             "arith_exact_match": {"accuracy": index / 8, "n": 32, "examples": []}}})
-        if stage in failed:
-            _job(run_dir, state, f"eval-{stage}", stage, "eval", job_state="failed", reason="exit code 1",
-                 config={"model": {"job": stage}})
-        elif stage in metrics:
-            out = _job(run_dir, state, f"eval-{stage}", stage, "eval", config={"model": {"job": stage}})
-            doc = {"job": f"eval-{stage}", "stage": stage, "model": str(out / "hf"), "backend": "vllm",
-                   "lm_eval_version": "0.4.13", "metrics": metrics[stage], "stderr": {}, "samples": {}, "seconds": 1.0}
+        if job in failed:
+            _job(run_dir, state, f"eval-{job}", stage, "eval", job_state="failed", reason="exit code 1",
+                 config={"model": {"job": job}})
+        elif job in metrics:
+            out = _job(run_dir, state, f"eval-{job}", stage, "eval", config={"model": {"job": job}})
+            doc = {"job": f"eval-{job}", "stage": stage, "model": str(out / "hf"), "backend": "vllm",
+                   "lm_eval_version": "0.4.13", "metrics": metrics[job], "stderr": {}, "samples": {}, "seconds": 1.0}
             _write(out / "metrics.json", doc)
-            _write(out / "DONE.json", {"job": f"eval-{stage}", "metrics": metrics[stage]})
+            _write(out / "DONE.json", {"job": f"eval-{job}", "metrics": metrics[job]})
     _write(run_dir / "state.json", state)
     return run_dir
 
@@ -148,6 +150,22 @@ def test_imports_stay_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                          check=True).stdout
     assert json.loads(out) == []
+
+
+def test_two_models_of_one_stage(tmp_path: Path) -> None:
+    """RL and its random-reward control are one stage with two models: two columns, each with its own eval job's
+    metrics and its own training numbers."""
+    metrics = {"sft": BASE["sft"], "rlvr": {"tasks/toy_arith/exact_match": 0.4},
+               "rlvr-random-reward": {"tasks/toy_arith/exact_match": 0.25}}
+    run = make_run(tmp_path, "rl", metrics, order=["sft", "rlvr", "rlvr-random-reward"])
+    text = _print(run, metrics=["tasks/toy_arith/*", "in-house/train/*"])
+    assert _table(text, "tasks")[2] == ["tasks/toy_arith/exact_match", "0.2188", "0.4", "0.25"]
+    assert _table(text, "tasks")[0] == ["metric", "sft", "rlvr", "rlvr-random-reward"]
+    assert _table(text, "in-house: the training jobs' own numbers (not lm-eval)")[2] == [
+        "in-house/train/final_loss", "0.9", "1", "1.1"]
+    assert [(s.stage, s.plan_stage, s.eval_job) for s in load_run(str(run)).stages] == [
+        ("sft", "sft", "eval-sft"), ("rlvr", "rlvr", "eval-rlvr"),
+        ("rlvr-random-reward", "rlvr", "eval-rlvr-random-reward")]
 
 
 def test_stage_order_merges_plan_orders(runs: tuple[Path, Path]) -> None:
