@@ -1,7 +1,7 @@
 """Recipes read from git: `REV:path` (a revision and a path relative to the repository root).
 
 The blob is extracted into a temporary folder that mirrors the repository layout, together with
-every file it `extends` (and a `cluster: FILE.yaml` profile), all from the *same* revision, so a
+every file it `extends` (and a `cluster: FILE.yaml` profile, and its eval task files), all from the *same* revision, so a
 variant at `HEAD~1` is compiled against its base as it was at `HEAD~1`. The copy is compiled in
 place (not with `origin`, which would resolve `extends` against the working tree), and every
 diagnostic that names the temporary folder is rewritten to name `REV:path` instead.
@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from compiler.diagnostics import Diagnostic, Loc, RecipeError
+from compiler.eval_tasks import TaskLoader
+from spec.evals import is_task_file
 
 
 @dataclass(frozen=True)
@@ -79,24 +81,36 @@ def _blob(root: Path, commit: str, rel: str) -> bytes | None:
 
 
 def _referenced(text: bytes, rel: str, top: str) -> list[str]:
-    """Repository paths a recipe file refers to: its `extends` (relative to itself) and a
-    `cluster: FILE.yaml` profile (compose resolves it against the top-level recipe's folder)."""
+    """Repository paths a recipe file refers to: its `extends` (relative to itself), a `cluster: FILE.yaml`
+    profile (compose resolves it against the top-level recipe's folder), its eval task files (relative to
+    itself), and a task file's `include`."""
     try:
-        data: Any = yaml.safe_load(text)
+        data: Any = yaml.load(text, Loader=TaskLoader)  # a SafeLoader that also reads lm-eval's !function tags
     except yaml.YAMLError:
         return []  # the compiler reports the syntax error with its location
     if not isinstance(data, dict):
         return []
-    out = []
-    extends = data.get("extends")
-    if isinstance(extends, str):
-        out.append(posixpath.normpath(posixpath.join(posixpath.dirname(rel), extends)))
+    here = posixpath.dirname(rel)
+    out = [posixpath.normpath(posixpath.join(here, task)) for task in _task_files(data)]
+    for key in ("extends", "include"):
+        if isinstance(data.get(key), str):
+            out.append(posixpath.normpath(posixpath.join(here, data[key])))
     cluster = data.get("cluster")
     if isinstance(cluster, dict):
         cluster = cluster.get("profile")
     if isinstance(cluster, str) and cluster.endswith((".yaml", ".yml")):
         out.append(posixpath.normpath(posixpath.join(posixpath.dirname(top), cluster)))
     return [p for p in out if not p.startswith("../") and p not in (".", "..")]
+
+
+def _task_files(data: dict[str, Any]) -> list[str]:
+    """The task YAML files an `evals` block names."""
+    evals = data.get("evals")
+    suites = evals.get("suites") if isinstance(evals, dict) else None
+    if not isinstance(suites, dict):
+        return []
+    tasks = [t for s in suites.values() if isinstance(s, dict) and isinstance(s.get("tasks"), list) for t in s["tasks"]]
+    return [t for t in tasks if isinstance(t, str) and is_task_file(t)]
 
 
 @contextmanager

@@ -24,6 +24,7 @@ JOB_ENTRIES: dict[str, str] = {
     "regmix_swarm": "runtime.regmix:run_proxy",
     "regmix_fit": "runtime.regmix:run_fit",
     "regmix_solve": "runtime.regmix:run_solve",
+    "eval": "runtime.evals:run_eval",
 }
 
 def dump(obj: Any, *, exclude: set[str] = frozenset()) -> Any:

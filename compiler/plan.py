@@ -66,6 +66,7 @@ class PlanContext:
     stage_model: dict[str, Any] = field(default_factory=dict)  # stage name -> ModelSpec after the stage
     mix_budget_tokens: int = 0  # tokens trained on the RegMix solution (epoch constraints)
     mix_consumers: list[str] = field(default_factory=list)
+    plan_extras: dict[str, Any] = field(default_factory=dict)  # top-level plan entries besides jobs (evals)
 
     def _report(self, parts: tuple[str | int, ...], message: str, severity: str) -> None:
         loc, _ = locate(self.tree, list(parts))
@@ -140,6 +141,7 @@ def build_plan(recipe: Recipe, tree: LocatedMap) -> dict[str, Any]:
         "recipe": {"name": recipe.name, "description": recipe.description},
         "cluster": recipe.cluster.model_dump(mode="json"),
         "jobs": jobs,
+        **ctx.plan_extras,
         "totals": totals(jobs),
         "warnings": [str(d) for d in ctx.diagnostics if d.severity == "warning"],
     }

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from compiler import estimates
 from compiler.hardware import as_run_on, device_for, gpu_count_problem, nodes_for, parse_time
 from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_job
+from compiler.eval_jobs import build_eval_jobs
 from compiler.mix_jobs import build_mix_jobs, resolve_lm_mix
 from compiler.plan import Job, PlanContext
 from compiler.rl_jobs import build_rl_jobs
@@ -214,6 +215,7 @@ def build_stage_jobs(ctx: PlanContext) -> None:
         ctx.stage_job.setdefault(stage.name, stage.name)
     build_mix_jobs(ctx)
     _attach_tokenizer(ctx)
+    build_eval_jobs(ctx)  # after the tokenizer: an eval job reads its model's own export (tokenizer included)
     _check_time_limits(ctx)
 
 

@@ -6,6 +6,7 @@ from pydantic import Field
 from spec.base import Identifier, Spec
 from spec.cluster import Cluster
 from spec.data import DataSpec
+from spec.evals import EvalsSpec
 from spec.model import ModelSpec
 from spec.stages import Stage
 
@@ -20,3 +21,4 @@ class Recipe(Spec):
     model: ModelSpec = Field(description="Model architecture.")
     data: DataSpec = Field(description="Pretraining sources and mix.")
     stages: list[Stage] = Field(min_length=1, description="Stages, in order.")
+    evals: EvalsSpec | None = Field(None, description="Eval suites and when they run (none: no eval jobs).")

@@ -27,6 +27,9 @@ class StageBase(TrainingFields):
     from_: ModelRef | None = Field(
         None, alias="from", description="Initial weights: an earlier stage, a Hugging Face id or a folder."
     )
+    evals: list[Identifier] | None = Field(
+        None, description="Eval suites run on this stage's model (default: as evals.when and each suite's models say; [] none)."
+    )
 
 
 class LmStage(StageBase):

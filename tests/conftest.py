@@ -168,9 +168,14 @@ def tiny_text() -> str:
     return TINY.read_text(encoding="utf-8")
 
 
+def tiny_full_portable() -> str:
+    """The tiny-think-full fixture's text with its eval task files as absolute paths, to compile from anywhere."""
+    return TINY_FULL.read_text(encoding="utf-8").replace("../../../recipes/evals/", f"{RECIPES}/evals/")
+
+
 @pytest.fixture
 def tiny_full_text() -> str:
-    return TINY_FULL.read_text(encoding="utf-8")
+    return tiny_full_portable()
 
 
 def descendants(plan: dict, job_id: str) -> set[str]:

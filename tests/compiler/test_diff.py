@@ -145,9 +145,10 @@ def test_time_limit_is_no_rerun(at_root: Path, capsys: pytest.CaptureFixture[str
 def test_rollout_sidecar_reruns_with_its_trainer(at_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = diff_json(capsys, *OLMO[:1], *OLMO[:1], "--set-new", "stages.rlvr.lr=2e-6")
     jobs = {j["id"]: j for j in data["jobs"]}
-    assert set(jobs) == {"rlvr", "rlvr-rollout"}
+    assert set(jobs) == {"rlvr", "rlvr-rollout", "eval-rlvr"}
     assert jobs["rlvr"]["change"] == "update"
     assert jobs["rlvr-rollout"]["change"] == "rerun" and "group" in jobs["rlvr-rollout"]["reason"]
+    assert jobs["eval-rlvr"]["change"] == "rerun" and "parent changed" in jobs["eval-rlvr"]["reason"]
 
 
 # ---------------------------------------------------------------- synthetic plans: add, remove, limits
@@ -195,6 +196,7 @@ def test_colour_only_when_asked(at_root: Path) -> None:
 
 def test_file_with_colon_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copy(ROOT / "recipes" / "tiny-think.yaml", tmp_path / "HEAD:tiny.yaml")
+    shutil.copytree(ROOT / "recipes" / "evals", tmp_path / "evals")
     monkeypatch.chdir(tmp_path)  # not a git repository: REV:path would fail
     code, out, err = run_cli(capsys, "diff", "HEAD:tiny.yaml", str(ROOT / "recipes" / "tiny-think.yaml"))
     assert code == 0 and "No changes" in out, err
@@ -229,6 +231,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[st
     (repo / "recipes").mkdir(parents=True)
     for recipe in (ROOT / "recipes").glob("*.yaml"):
         shutil.copy(recipe, repo / "recipes" / recipe.name)
+    shutil.copytree(ROOT / "recipes" / "evals", repo / "recipes" / "evals")
     (repo / "recipes" / "tiny-variant.yaml").write_text("extends: tiny-think.yaml\nname: tiny-variant\n")
     git(repo, "init", "-q", ".", env=env)
     git(repo, "add", ".", env=env)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ def tiny_copy(tmp_path: Path) -> Path:
     base = tmp_path / "recipes" / "tiny-think.yaml"
     base.parent.mkdir()
     base.write_text(TINY.read_text(encoding="utf-8"), encoding="utf-8")
+    shutil.copytree(TINY.parent / "evals", base.parent / "evals")
     return base
 
 
@@ -94,7 +96,7 @@ def test_variant_with_a_new_stage_appends_it(tmp_path: Path, tiny_copy: Path) ->
         "    lr: 1.0e-5\n    global_batch_sequences: 16\n    micro_batch_size: 8\n    seq_len: 256\n    steps: 10\n"
     )
     plan = compile_ok(variant, tmp_path / "out")
-    assert plan["jobs"][-1]["id"] == "sft-again"
+    assert [j["id"] for j in plan["jobs"][-2:]] == ["sft-again", "eval-sft-again"]
     assert job(plan, "sft-again")["depends_on"] == ["sft"]
 
 

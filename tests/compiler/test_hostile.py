@@ -19,7 +19,7 @@ import yaml
 
 from compiler.located import to_plain
 from compiler.yaml_load import parse_yaml
-from conftest import DIAGNOSTIC, MINIMAL, TINY, TINY_FULL, edit, run_main
+from conftest import DIAGNOSTIC, MINIMAL, TINY, edit, run_main, tiny_full_portable
 
 HOSTILE = [
     "$(touch PWNED)",
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(BASH is None, reason="bash is needed to run the 
 
 
 def tiny_tree() -> dict[str, Any]:
-    return to_plain(parse_yaml(TINY_FULL.read_text(encoding="utf-8"), "tiny-think-full.yaml"))
+    return to_plain(parse_yaml(tiny_full_portable(), "tiny-think-full.yaml"))
 
 
 def stage(tree: dict[str, Any], name: str) -> dict[str, Any]:
@@ -68,9 +68,9 @@ def hostile_recipe(h: str) -> tuple[dict[str, Any], list[str]]:
     del sources["words"]["path"]
     put(sources["words"], "hf", h)
     put(sources["words"], "subset", h)
-    mix = tree["data"]["mix"]
-    put(mix["objective"][0], "metric", h)
-    put(mix["objective"][1], "metric", "suite/" + h)
+    held_out = {"path": h, "text_field": h, "split": h}
+    tree["evals"]["suites"]["bpb"]["sets"] = {"held-out": held_out}
+    kept.append(h)
 
     sft = stage(tree, "sft")
     del sft["dataset"]
