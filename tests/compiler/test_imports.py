@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, TINY, subprocess_env
 
-HEAVY = ["torch", "vllm", "datasets", "lightgbm", "submitit", "numpy", "transformers", "pandas"]
+HEAVY = ["torch", "vllm", "datasets", "lightgbm", "submitit", "numpy", "transformers", "pandas", "lm_eval", "matplotlib"]
 
 PROBE = """
 import json, sys
@@ -76,7 +76,7 @@ def test_launch_resolves_every_entry_without_the_training_stack(tmp_path: Path) 
         "from compiler.job_common import JOB_ENTRIES\n"
         "from runtime.run_job import resolve_entry\n"
         "found = {entry: resolve_entry(entry) is not None for entry in JOB_ENTRIES.values()}\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm', 'datasets', 'lightgbm'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm', 'datasets', 'lightgbm', 'lm_eval'))\n"
         "print(json.dumps({'found': found, 'heavy': heavy}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=subprocess_env(), capture_output=True,
