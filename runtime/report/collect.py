@@ -78,6 +78,7 @@ class RunResult:
     run_dir: Path
     stages: list[StageResult]
     swarm: SwarmResult | None = None
+    headline: list[str] = field(default_factory=list)  # the recipe's evals.report metrics (the plan's)
 
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)
@@ -160,20 +161,35 @@ class _Job:
     array: Any
 
 
-def _plan_jobs(plan_path: Any) -> dict[str, dict[str, Any]]:
-    """The plan's jobs by id, when the plan.json state.json names is still there (else {})."""
+def _plan(plan_path: Any) -> dict[str, Any]:
+    """The plan.json state.json names, when it is still there (else {})."""
     try:
         plan = json.loads(Path(str(plan_path)).read_text(encoding="utf-8"))
-        return {job["id"]: job for job in plan["jobs"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, TypeError):
         return {}
+    return plan if isinstance(plan, dict) else {}
+
+
+def _plan_jobs(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The plan's jobs by id."""
+    try:
+        return {job["id"]: job for job in plan["jobs"]}
+    except (KeyError, TypeError):
+        return {}
+
+
+def _headline(plan: dict[str, Any]) -> list[str]:
+    """The metrics the recipe's `evals.report` names, in its order."""
+    evals = plan.get("evals")
+    names = evals.get("report") if isinstance(evals, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def _jobs(run_dir: Path) -> tuple[dict[str, Any], list[_Job]]:
     state = _read_json(run_dir / "state.json")
     if not isinstance(state, dict) or not isinstance(state.get("jobs"), dict):
         raise ReportError(f"{run_dir / 'state.json'}: not a run state file (no \"jobs\" object)")
-    planned = _plan_jobs(state.get("plan"))
+    planned = _plan_jobs(_plan(state.get("plan")))
     jobs = []
     for job_id, entry in state["jobs"].items():
         out = Path(str(entry.get("output_dir", run_dir / job_id)))
@@ -249,7 +265,7 @@ def collect(run_dir: Path) -> RunResult:
             columns.setdefault(job.id, StageResult(job.id, plan_stage=job.stage)).in_house = numbers
     kept = list(columns.values())
     result = RunResult(name=str(state.get("recipe") or run_dir.name), run_dir=run_dir, stages=kept,
-                       swarm=_swarm(swarm) if swarm else None)
+                       swarm=_swarm(swarm) if swarm else None, headline=_headline(_plan(state.get("plan"))))
     if not any(s.metrics for s in kept) and not (result.swarm and result.swarm.proxies):
         waiting = [f"{s.eval_job} {s.eval_state}" for s in kept if s.eval_job]
         waiting += [f"{result.swarm.job} {result.swarm.state}"] if result.swarm else []

@@ -176,14 +176,42 @@ def metric_union(*runs: RunResult) -> list[str]:
 # ------------------------------------------------------------------ whole reports
 
 
-def _sections(runs: Sequence[RunResult], names: Sequence[str], table: Table) -> list[tuple[str | None, str, str]]:
-    """[(suite or None, title, table)]: the suites' tables, then the swarm summaries."""
+HEADLINE = "headline"
+
+
+def headline_names(runs: Sequence[RunResult], names: Sequence[str]) -> list[str]:
+    """The recipe's headline metrics (`evals.report`, the first run's plan) among the selected ones."""
+    return [m for m in dict.fromkeys(m for run in runs for m in run.headline) if m in names]
+
+
+def _tables(runs: Sequence[RunResult], names: Sequence[str], table: Table) -> list[tuple[str, str, str]]:
     if len(runs) == 1:
-        suites = single_tables(runs[0], names, table)
-    else:
-        a, b = runs
-        suites = compare_tables(Pair(a, b, *labels(a, b)), names, table)
-    sections: list[tuple[str | None, str, str]] = list(suites)
+        return single_tables(runs[0], names, table)
+    a, b = runs
+    return compare_tables(Pair(a, b, *labels(a, b)), names, table)
+
+
+def headline_table(runs: Sequence[RunResult], names: Sequence[str], table: Table) -> str:
+    """The headline metrics in one table, whatever their suites."""
+    if len(runs) == 1:
+        run = runs[0]
+        headers = ["metric", *(stage_header(s, s.stage) for s in run.stages)]
+        rows = [[m, *(cell(s, m, s.value(m)) for s in run.stages)] for m in names]
+        return table(headers, rows, range(1, len(headers)))
+    a, b = runs
+    pair = Pair(a, b, *labels(a, b))
+    headers = ["metric", "stage", f"A: {pair.label_a}", f"B: {pair.label_b}", "Δ (B − A)", "B vs A"]
+    return table(headers, compare_rows(pair, names), (2, 3, 4))
+
+
+def _sections(runs: Sequence[RunResult], names: Sequence[str], table: Table) -> list[tuple[str | None, str, str]]:
+    """[(suite or None, title, table)]: the headline metrics (every suite in one table), the suites' tables, then
+    the swarm summaries."""
+    sections: list[tuple[str | None, str, str]] = []
+    headline = headline_names(runs, names)
+    if headline:
+        sections.append((HEADLINE, "headline metrics (the recipe's evals.report)", headline_table(runs, headline, table)))
+    sections += list(_tables(runs, names, table))
     for run, label in zip(runs, labels(*runs)):
         if run.swarm and run.swarm.proxies:
             title, body = swarm_table(run.swarm, table)

@@ -268,3 +268,21 @@ def test_through_the_cli(runs: tuple[Path, Path], tmp_path: Path) -> None:
     assert result.code == 0, result.err
     assert "toy/arithmetic/bpb  sft" in result.out and "better" in result.out
     assert (tmp_path / "out" / "charts" / "toy__text__bpb.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_headline_metrics_from_the_plan_come_first(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "a", BASE, failed=("dpo",))
+    plan = tmp_path / "build" / "plan.json"
+    _write(plan, {"jobs": [], "evals": {"report": ["tasks/toy_arith/exact_match", "toy/text/bpb", "tasks/unknown/x"]}})
+    state = json.loads((run / "state.json").read_text())
+    state["plan"] = str(plan)
+    _write(run / "state.json", state)
+    text = _print(run)
+    title = "headline metrics (the recipe's evals.report)"
+    assert text.splitlines().index(title) < text.splitlines().index("toy")  # before the suites' tables
+    rows = _table(text, title)
+    assert [r[0] for r in rows[2:]] == ["tasks/toy_arith/exact_match", "toy/text/bpb"]  # no values: not shown
+    assert rows[2][1:5] == ["0", "0.03125", "—", "0.2188"] and rows[2][-1] == "failed"  # long-context: no eval job
+    other = make_run(tmp_path, "b", {k: {**v, "toy/text/bpb": v["toy/text/bpb"] - 0.01} for k, v in BASE.items()})
+    compared = _table(_print(run, other), title)
+    assert ["toy/text/bpb", "pretrain", "0.3471", "0.3371", "-0.01", "better"] in compared
