@@ -84,6 +84,7 @@ def launch(plan_path: str | Path, *, executor: str | None = None, runs: str | Pa
             if not dry_run:
                 raise LaunchError([message])
             print(f"warning: {message}", file=out)
+    prepare.build_environments(decisions, lambda line: print(line, file=out, flush=True), dry_run=dry_run)
     if dry_run:
         print(dry_run_text(decisions), file=out)
         if executor == "slurm":

@@ -14,6 +14,8 @@ Rules (also in `recipe launch --help`):
   tokenizer / data paths (resolved against the plan's recipe_dir). Cached and skipped jobs are not checked.
   With `--skip-unimplemented` such jobs, and every job below them, are skipped instead, and the report
   says so.
+- A job that names an `environment` (the eval job's inference environment, runtime/environments.py) needs it
+  built before it starts: the launch builds it once, up front, saying so in one line; a dry run says it would.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import hashlib
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from compiler.plan import FORMAT_VERSION, is_local_path
 from runtime.launch.state import write_json_atomically
@@ -220,8 +222,48 @@ def preflight(launch: LaunchPlan) -> None:
                     missing[resolved].append(job.id)
     for first, *others in missing.values():
         problems.append(first + (f"; also needed by {', '.join(others)})" if others else ")"))
+    problems += _unknown_environments(launch)
     if problems:
         raise LaunchError(problems)
+
+
+def _environments(launch: LaunchPlan) -> dict[str, list[str]]:
+    """Job environment (`config.environment`, runtime.environments) -> the jobs about to run that need it."""
+    needed: dict[str, list[str]] = {}
+    for job in launch.to_run():
+        name = job.config.get("environment") if isinstance(job.config, dict) else None
+        if name:
+            needed.setdefault(name, []).append(job.id)
+    return needed
+
+
+def _unknown_environments(launch: LaunchPlan) -> list[str]:
+    from runtime import environments
+
+    return [f"{jobs[0]}: environment: unknown {name!r} (known: {', '.join(sorted(environments.ENVIRONMENTS))})"
+            for name, jobs in _environments(launch).items() if name not in environments.ENVIRONMENTS]
+
+
+def environments_to_build(launch: LaunchPlan) -> list[str]:
+    """The job environments that jobs about to run need and that are not built (or whose pins changed)."""
+    from runtime import environments
+
+    return sorted(name for name in _environments(launch)
+                  if name in environments.ENVIRONMENTS and not environments.is_built(name))
+
+
+def build_environments(launch: LaunchPlan, log: Callable[[str], object], *, dry_run: bool) -> None:
+    """Before any job runs: build the environments its jobs need, once (a dry run only says it would)."""
+    from runtime import environments
+
+    for name in environments_to_build(launch):
+        if dry_run:
+            log(f"would build {environments.describe(name)}")
+            continue
+        try:
+            environments.ensure(name, log=log)
+        except environments.EnvironmentBuildError as exc:
+            raise LaunchError([str(exc)]) from None
 
 
 def git_provenance(repo: Path = REPO) -> dict[str, str | None]:
