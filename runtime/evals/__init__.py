@@ -43,10 +43,15 @@ class EvalFailed(RuntimeError):
 
 
 def _recipe_dir(job: Mapping[str, Any]) -> Path:
+    """What the job's paths are relative to, as runtime.lm_data.recipe_root finds it (which imports torch):
+    $RECIPE_RECIPE_DIR (the launcher), else config.json's recipe_dir, absolute or relative to the plan folder."""
+    if os.environ.get("RECIPE_RECIPE_DIR"):
+        return Path(os.environ["RECIPE_RECIPE_DIR"]).resolve()
     root = Path(job.get("recipe_dir") or ".")
     if root.is_absolute():
         return root
-    return (Path(os.environ.get("RECIPE_RECIPE_DIR") or Path.cwd()) / root).resolve()
+    job_dir = Path(os.environ.get("RECIPE_JOB_DIR") or Path.cwd() / "build" / job.get("recipe", "") / "jobs" / job["id"])
+    return (job_dir.resolve().parent.parent / root).resolve()
 
 
 def _where(job: Mapping[str, Any]) -> tuple[Path, Path, str]:

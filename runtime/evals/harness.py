@@ -183,6 +183,7 @@ def evaluate(spec: dict[str, Any], manager: Any, built: dict[int, list[Any]]) ->
             if output is None:
                 raise HarnessError("lm-eval returned no results (not rank 0?)")
             outputs.append(output)
+        print(f"harness: evaluated in {time.time() - started:.1f} s since the model was asked for", flush=True)
     finally:
         _shutdown(lm)
     merged = _merge(outputs)
@@ -207,11 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, type=Path)
     spec = json.loads(parser.parse_args(argv).spec.read_text(encoding="utf-8"))
     error_file = Path(spec["error_file"])
+    started = time.time()
     try:
         manager, built = build_tasks(spec)
-        print(f"harness: {len(spec['tasks'])} task(s) built", flush=True)
+        print(f"harness: {len(spec['tasks'])} task(s) built in {time.time() - started:.1f} s", flush=True)
         results = evaluate(spec, manager, built)
         write_outputs(results, Path(spec["output_dir"]))
+        print(f"harness: done in {time.time() - started:.1f} s", flush=True)
     except HarnessError as exc:
         _atomic_write(error_file, str(exc) + "\n")
         print(f"harness: {exc}", file=sys.stderr, flush=True)

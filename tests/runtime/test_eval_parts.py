@@ -157,3 +157,16 @@ def test_modules_import_only_the_standard_library(module: str) -> None:
             "print(sorted(new - set(sys.stdlib_module_names) - {'runtime'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_paths_are_relative_to_the_recipe_dir_as_the_trainer_finds_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.evals import _recipe_dir
+
+    job = {"id": "eval-sft", "recipe": "tiny", "recipe_dir": "../../recipes"}  # as `recipe compile` writes it
+    monkeypatch.delenv("RECIPE_RECIPE_DIR", raising=False)
+    monkeypatch.setenv("RECIPE_JOB_DIR", str(tmp_path / "build" / "tiny" / "jobs" / "eval-sft"))
+    assert _recipe_dir(job) == (tmp_path / "recipes").resolve()  # relative to the plan folder build/tiny/
+    assert _recipe_dir({**job, "recipe_dir": "/abs/recipes"}) == Path("/abs/recipes")  # as the launcher writes it
+    monkeypatch.setenv("RECIPE_RECIPE_DIR", str(tmp_path / "elsewhere"))
+    assert _recipe_dir(job) == (tmp_path / "elsewhere").resolve()
