@@ -38,6 +38,9 @@ CPU_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1",
                 "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+EXIT_TASK = 2  # the harness's exit code for a task file lm-eval rejects (runtime.evals.harness.EXIT_TASK)
+
+
 class EvalFailed(RuntimeError):
     """An eval job that cannot finish; the message is the one line the launcher reports."""
 
@@ -125,8 +128,9 @@ def run_harness(python: Path, spec_path: Path, env: Mapping[str, str], label: st
                           env=dict(env), cwd=spec_path.parent, stdin=subprocess.DEVNULL).returncode
     if code == 0:
         return
-    if error_file.is_file():
-        raise EvalFailed(error_file.read_text(encoding="utf-8").strip())
+    if error_file.is_file():  # a task file's line names the file; a backend's gets the job's label
+        line = error_file.read_text(encoding="utf-8").strip()
+        raise EvalFailed(line if code == EXIT_TASK else f"{label}: {line}")
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
     raise EvalFailed(f"{label}: the eval harness died ({how}) before reporting; see the job log")
 

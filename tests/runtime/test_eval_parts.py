@@ -170,3 +170,12 @@ def test_paths_are_relative_to_the_recipe_dir_as_the_trainer_finds_it(tmp_path: 
     assert _recipe_dir({**job, "recipe_dir": "/abs/recipes"}) == Path("/abs/recipes")  # as the launcher writes it
     monkeypatch.setenv("RECIPE_RECIPE_DIR", str(tmp_path / "elsewhere"))
     assert _recipe_dir(job) == (tmp_path / "elsewhere").resolve()
+
+
+def test_the_entry_and_the_harness_agree_on_the_task_error_exit_code() -> None:
+    """(In a subprocess: importing the harness installs its importlib.metadata shim.)"""
+    from runtime.evals import EXIT_TASK
+
+    code = "from runtime.evals.harness import EXIT_TASK; print(EXIT_TASK)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert int(out) == EXIT_TASK

@@ -367,5 +367,5 @@ def test_an_engine_process_killed_mid_run_fails_the_job_in_one_line(
     output = "".join(seen) + proc.communicate(timeout=180)[0]
     assert proc.returncode != 0
     line = last_line(output)
-    assert "vllm backend failed: " in line, output[-3000:]
+    assert line.startswith("runtime.evals.EvalFailed: eval-pretrain: vllm backend failed: "), output[-3000:]
     assert nothing_written(out)
