@@ -11,6 +11,7 @@
     recipe logs RUN JOB [--task N] [-f]
     recipe cancel RUN [JOB ...]
     recipe report RUN [OTHER_RUN] [--runs DIR] [--out DIR] [--metric GLOB ...]
+    recipe mix fit --ratios R.csv --metrics M.csv --objective NAME[:min|max][=WEIGHT] ... [--predict C.csv] [--solve] [--json]
 
 User mistakes print one `file:line:col: path: message` line each and exit 2.
 """
@@ -106,7 +107,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="where report.md and charts/ go (default: RUN/report, or RUN/report-vs-<OTHER_RUN>)")
     p.add_argument("--metric", dest="metrics", action="append", default=None, metavar="GLOB",
                    help="only metrics whose name matches GLOB (repeatable), e.g. 'tasks/*/exact_match' or 'in-house/*'")
+    p = sub.add_parser("mix", help="data-mix tools for swarms trained elsewhere")
+    mix = p.add_subparsers(dest="mix_command", required=True)
+    _add_mix_fit(mix.add_parser(
+        "fit", help="fit a swarm from CSV files (LightGBM + linear, K-fold CV); predict, solve",
+        description="Fit mixture ratios (R.csv: run id, one column per source) to metrics (M.csv: run id, one "
+                    "column per metric), joined on the run id. Objective = weighted metrics, maximised ones "
+                    "negated: lower is better. Bad input: one FILE:LINE: message line each, exit 2."))
     return parser
+
+
+def _add_mix_fit(parser: argparse.ArgumentParser) -> None:
+    """`recipe mix fit`'s options: argparse only, so building the parser imports nothing heavy."""
+    parser.add_argument("--ratios", required=True, metavar="R.csv", help="run id, then one ratio column per source")
+    parser.add_argument("--metrics", required=True, metavar="M.csv", help="run id, then one column per metric")
+    parser.add_argument("--objective", required=True, action="append", metavar="NAME[:min|max][=WEIGHT]",
+                        help="a metric of the objective (repeatable); min and weight 1 unless given")
+    parser.add_argument("--predict", metavar="CANDIDATES.csv",
+                        help="print run id and predicted objective per row as CSV (same columns as R.csv)")
+    parser.add_argument("--solve", action="store_true", help="solve for the best mix (top-k average of candidates)")
+    parser.add_argument("--json", action="store_true", help="machine-readable report")
+    parser.add_argument("--out", metavar="DIR", help="write fit.json, models/, plots/ (and mix.json) here")
+    parser.add_argument("--folds", type=int, default=5, help="K of the K-fold CV (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds, LightGBM and the solve (default 0)")
+    parser.add_argument("--learning-rate", type=float, default=0.01, help="LightGBM learning rate (default 0.01)")
+    parser.add_argument("--rounds", type=int, default=1000, help="most boosting rounds (default 1000)")
+    parser.add_argument("--leaves", type=int, default=31, help="leaves per tree (default 31)")
+    parser.add_argument("--early-stopping", type=int, default=50, help="early-stopping rounds in CV (default 50)")
+    parser.add_argument("--candidates", type=int, default=100_000, help="candidates the solve scores (default 100000)")
+    parser.add_argument("--top-k", type=int, default=128, help="best candidates averaged (default 128)")
 
 
 def _compile_to(recipe: str, sets: list[str], output: str) -> tuple[dict[str, Any], Path]:
@@ -223,6 +252,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return _run_command(report, args.run, args.other, runs=args.runs, out=args.out, metrics=args.metrics)
 
 
+def cmd_mix(args: argparse.Namespace) -> int:
+    from runtime.regmix.cli import run  # numpy and LightGBM: only for this command
+
+    return run(args)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from compiler.schema import recipe_schema
 
@@ -241,6 +276,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "report": cmd_report,
+    "mix": cmd_mix,
 }
 
 

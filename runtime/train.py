@@ -188,8 +188,9 @@ def _train_job(job: dict[str, Any], *, build_config: Any, evaluate: Any, done: M
             torch.distributed.destroy_process_group()
 
 
-def run_lm(job: dict[str, Any]) -> None:
-    """Train one LM job to completion (or resume it), export it, evaluate it, mark it DONE."""
+def run_lm(job: dict[str, Any], *, evaluate: bool = True) -> None:
+    """Train one LM job to completion (or resume it), export it, evaluate it, mark it DONE.
+    evaluate=False skips the held-out eval (RegMix proxies: their eval job evaluates them)."""
     if job["kind"] not in LM_KINDS:
         raise ValueError(f"run_lm runs {LM_KINDS}, not {job['kind']!r}")
     from runtime.lm_data import resolve_sources, resolve_weights
@@ -201,9 +202,11 @@ def run_lm(job: dict[str, Any]) -> None:
         return
     weights = resolve_weights(job)  # fails early and clearly when a producer's output is missing
 
-    def evaluate(trainer: Any) -> dict[str, Any]:
+    def held_out(trainer: Any) -> dict[str, Any]:
         from torchtitan.tools.logging import logger
 
+        if not evaluate:
+            return {}
         sources = resolve_sources(job)
         evals: dict[str, Any] = trainer.evaluate(held_out_texts(sources))
         logger.info(f"{job['id']}: held-out " + ", ".join(f"{k} loss {v['loss']:.3f} bpb {v['bpb']:.3f}"
@@ -212,7 +215,7 @@ def run_lm(job: dict[str, Any]) -> None:
         return {**evals, **arith}
 
     _train_job(job, build_config=lambda out, init: build_trainer_config(job, out, init_hf_path=init, weights=weights),
-               evaluate=evaluate, done={"weights": weights})
+               evaluate=held_out, done={"weights": weights})
 
 
 def answer_accuracy(trainer: Any, data_paths: list[str], *, chat: bool) -> dict[str, Any]:
