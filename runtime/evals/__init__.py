@@ -161,6 +161,9 @@ def run_eval(job: dict[str, Any]) -> None:
     spec = harness_spec(job, hf, out, refs, device)
     spec_path = atomic_write_json(out / "harness.json", spec)
     python = environments.ensure(name)
+    if not python.is_file():
+        raise EvalFailed(f"{label}: the {name} environment's python {python} does not exist "
+                         f"(${environments.override_var(name)}?)")
     print(f"{label}: evaluating {hf} with {config['backend']} in {name} ({python})", flush=True)
     try:
         run_harness(python, spec_path, harness_env(out, device), label)
