@@ -60,8 +60,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list[str], Any, Any]:
     return Objective(tuple(terms)), ratios, ids, metrics, candidates
 
 
-def run(args: argparse.Namespace, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
+def run(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """`recipe mix fit`: 0, or 2 with one line per input problem on stderr."""
     from runtime.regmix.tables import TableError
+
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
 
     try:
         objective, ratios, ids, metrics, candidates = _load(args)

@@ -39,6 +39,7 @@ class Table:
     ids: list[str] = field(default_factory=list)
     rows: list[list[float]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)  # file line of each row
+    skipped: set[str] = field(default_factory=set)  # ids of rows already reported (not joined on again)
 
     def line_of(self, run_id: str) -> int:
         return self.lines[self.ids.index(run_id)]
@@ -85,6 +86,7 @@ def read_table(path: str, what: str, errors: list[str]) -> Table | None:
     for line, row in records[1:]:
         if len(row) != len(header):
             errors.append(f"{path}:{line}: {len(row)} cells, the header has {len(header)}")
+            table.skipped.add(row[0].strip())
             continue
         run_id = row[0].strip()
         if not run_id:
@@ -134,14 +136,14 @@ def check_ratios(table: Table, errors: list[str]) -> None:
 
 def check_join(ratios: Table, metrics: Table, errors: list[str]) -> list[str]:
     """The run ids both tables have (in the ratios' order); a run on one side only is an error on its line."""
-    in_metrics, in_ratios = set(metrics.ids), set(ratios.ids)
+    in_metrics, in_ratios = set(metrics.ids) | metrics.skipped, set(ratios.ids) | ratios.skipped
     for run_id, line in zip(ratios.ids, ratios.lines):
         if run_id not in in_metrics:
             errors.append(f"{ratios.path}:{line}: run '{run_id}' has no row in {metrics.path}")
     for run_id, line in zip(metrics.ids, metrics.lines):
         if run_id not in in_ratios:
             errors.append(f"{metrics.path}:{line}: run '{run_id}' has no row in {ratios.path}")
-    return [r for r in ratios.ids if r in in_metrics]
+    return [r for r in ratios.ids if r in set(metrics.ids)]
 
 
 def check_objective(metrics: Table, names: Sequence[str], errors: list[str]) -> None:
