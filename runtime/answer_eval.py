@@ -19,15 +19,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from runtime.answers import answer_of
 from runtime.lm_eval import forward_logits
 from runtime.sft_data import conversation_tokens, special_id
 from runtime.tokenizer import ASSISTANT, EOS
 
 EVAL_QUESTIONS = 32
-
-
-def answer_of(reply: str) -> str:
-    return (reply.rsplit("Answer:", 1)[-1] if "Answer:" in reply else reply).strip()
 
 
 def prompt_tokens(tokenizer: Any, row: Mapping[str, str], *, chat: bool) -> list[int]:

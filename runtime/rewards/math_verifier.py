@@ -1,6 +1,6 @@
 """The `math` verifier: 1.0 when the completion's final answer equals the row's `answer`, after normalisation.
 
-The final answer is the text after the last "Answer:" (the toy world's format; `runtime.answer_eval.answer_of`,
+The final answer is the text after the last "Answer:" (the toy world's format; `runtime.answers.answer_of`,
 the same rule its held-out accuracy uses), or the whole completion when there is none.
 
 Normalisation (`normalise`): surrounding whitespace and `$`, a `\\boxed{...}` wrapper, inner runs of whitespace,
@@ -21,7 +21,7 @@ import threading
 from fractions import Fraction
 from typing import Any, Mapping
 
-from runtime.answer_eval import answer_of
+from runtime.answers import answer_of
 from runtime.rewards.base import RewardResult, required
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
