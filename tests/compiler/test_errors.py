@@ -400,6 +400,19 @@ def test_regmix_max_epochs_infeasible(tmp_path: Path, tiny_full_text: str) -> No
     assert "exceeds its max" in lines[1]
 
 
+def test_regmix_max_weights_summing_below_one(tmp_path: Path, tiny_full_text: str) -> None:
+    max_weight = "max_weight: {arithmetic: 0.2, code: 0.2, text: 0.2, words: 0.3}"
+    text = edit(tiny_full_text, "min_weight: {text: 0.1}", f"min_weight: {{text: 0.1}}\n      {max_weight}")
+    message = expect_one(tmp_path, text, "min_weight:", "data.mix.constraints")
+    assert "max weights allow at most 0.9 in total (< 1)" in message and "max_weight" in message
+
+
+def test_regmix_min_weight_above_max_weight(tmp_path: Path, tiny_full_text: str) -> None:
+    text = edit(tiny_full_text, "min_weight: {text: 0.1}", "min_weight: {text: 0.5}\n      max_weight: {text: 0.3}")
+    message = expect_one(tmp_path, text, "min_weight:", "data.mix.constraints.min_weight.text", value="0.5}")
+    assert message.startswith("min weight 0.5 of 'text' exceeds its max 0.3")
+
+
 def test_regmix_unknown_source_in_constraints(tmp_path: Path, tiny_full_text: str) -> None:
     text = edit(tiny_full_text, "min_weight: {text: 0.1}", "min_weight: {txt: 0.1}")
     message = expect_one(tmp_path, text, "0.1}", "data.mix.constraints.min_weight.txt")
