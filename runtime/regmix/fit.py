@@ -105,7 +105,7 @@ class TargetModel:
             return np.asarray(self.booster.predict(x, num_threads=threads), dtype=float)
         if self.kind == "linear":
             return x @ self.coef
-        return np.full(len(x), float(self.constant))
+        return np.full(len(x), float(self.constant or 0.0))
 
     def as_json(self, file: str | None) -> dict[str, Any]:
         return {"chosen": self.kind, "rounds": self.rounds, "file": file if self.kind == "lightgbm" else None,
@@ -170,7 +170,7 @@ class TargetFit:
         return self.oof[self.chosen]
 
     def summary(self, file: str | None) -> dict[str, Any]:
-        best = self.cv.get(self.chosen) or {"spearman": None, "pearson": None, "rmse": 0.0}
+        best: Mapping[str, float | None] = self.cv.get(self.chosen) or {"spearman": None, "pearson": None, "rmse": 0.0}
         return {**self.model.as_json(file), **best, "cv": self.cv}
 
 
@@ -244,7 +244,7 @@ def _lightgbm_cv(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], s: FitSe
                     callbacks=[lgb.early_stopping(s.early_stopping_rounds, verbose=False)])
     rounds = one_standard_error_rounds(np.asarray(result["valid l2-mean"]), np.asarray(result["valid l2-stdv"]),
                                        len(folds))
-    cv_booster = result["cvbooster"]
+    cv_booster: Any = result["cvbooster"]
     oof = np.empty(n)
     for booster, (_, test) in zip(cv_booster.boosters, pairs):
         oof[test] = booster.predict(x[test], num_iteration=rounds, num_threads=1)

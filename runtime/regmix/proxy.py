@@ -30,11 +30,9 @@ from typing import Any, Iterator, Mapping
 
 SWARM_FILE = "swarm.json"
 MIX_FILE = "mix.json"
-PROXY_OPTIM = {
-    "grad_clip": 1.0,
-    "optimizer": {"kind": "adamw", "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1},
-    "schedule": {"kind": "cosine", "warmup_fraction": 0.1, "min_lr_ratio": 0.1},
-}
+PROXY_GRAD_CLIP = 1.0
+PROXY_OPTIMIZER: dict[str, Any] = {"kind": "adamw", "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}
+PROXY_WARMUP_FRACTION, PROXY_MIN_LR_RATIO = 0.1, 0.1
 
 
 def proxy_dir_name(index: int) -> str:
@@ -80,16 +78,14 @@ def proxy_job(job: Mapping[str, Any], index: int, weights: Mapping[str, float]) 
     seq_len, batch = int(proxy["seq_len"]), int(proxy["global_batch_sequences"])
     micro = int(proxy.get("micro_batch_size") or batch)
     steps = max(1, math.ceil(int(proxy["tokens"]) / (batch * seq_len)))
-    schedule = PROXY_OPTIM["schedule"]
     return {
         "id": f"{job['id']}.{proxy_dir_name(index)}", "kind": "pretrain", "stage": job.get("stage", "data.mix"),
         "hash": job["hash"], "recipe": job.get("recipe", "recipe"), "recipe_dir": job.get("recipe_dir", "."),
         "config": {
             "stage": "mix-swarm", "kind": "pretrain", "model": dict(proxy["model"]), "init": {"kind": "random"},
-            "optim": {"lr": float(proxy["lr"]), "grad_clip": PROXY_OPTIM["grad_clip"],
-                      "optimizer": dict(PROXY_OPTIM["optimizer"]),
-                      "schedule": {"kind": "cosine", "min_lr_ratio": schedule["min_lr_ratio"],
-                                   "warmup_steps": max(1, round(schedule["warmup_fraction"] * steps))}},
+            "optim": {"lr": float(proxy["lr"]), "grad_clip": PROXY_GRAD_CLIP, "optimizer": dict(PROXY_OPTIMIZER),
+                      "schedule": {"kind": "cosine", "min_lr_ratio": PROXY_MIN_LR_RATIO,
+                                   "warmup_steps": max(1, round(PROXY_WARMUP_FRACTION * steps))}},
             "scale": {"seq_len": seq_len, "global_batch_sequences": batch, "micro_batch_size": micro,
                       "grad_accum": batch // micro, "steps": steps, "tokens": steps * batch * seq_len,
                       "processes": 1, "device": "cuda" if int(proxy.get("gpus", 0)) else "cpu",

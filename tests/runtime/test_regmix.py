@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import DIAGNOSTIC, REPO, TINY_FULL, run_main, subprocess_env, tiny_full_portable
+from conftest import REPO, TINY_FULL, run_main, subprocess_env, tiny_full_portable
 from runtime.regmix.fit import FitSettings, fit_swarm
 from runtime.regmix.objective import Objective, parse_objective_arg
 from runtime.regmix.proxy import proxy_job, swarm_weights
