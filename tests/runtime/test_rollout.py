@@ -6,8 +6,8 @@ runtime/hf_export.py beside a toy tokenizer; the tests share it (module scope) a
 against the trainer's forward pass, a weight push, a refused push, an in-flight update under pause("keep"), a killed
 server brought back by restart(), and the stop signal. Tests that need no server come first.
 
-Needs the trainer environment and the inference-cpu environment (`python -m runtime.environments ensure
-inference-cpu`, about 2-3 minutes once; the module is skipped when it is missing).
+Needs the trainer environment; builds the inference-cpu environment when missing (`runtime.environments`, about
+2-3 minutes once).
 Run: `python -m pytest tests/runtime/test_rollout.py -q` (about 2 minutes on 2 cores).
 """
 from __future__ import annotations
@@ -84,8 +84,8 @@ def test_server_command_uses_the_module_entry_dev_routes_and_processed_logprobs(
 
 
 def test_a_tied_model_is_untied_for_serving_with_the_same_weights(tmp_path: Path) -> None:
-    spec = ModelSpec(family="llama3", vocab_size=300, d_model=64, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=32,
-                     ffn_hidden=96, max_seq_len=64, tie_embeddings=True)
+    spec = ModelSpec.model_validate(dict(family="llama3", vocab_size=300, d_model=64, n_layers=1, n_heads=2,
+                                         n_kv_heads=1, head_dim=32, ffn_hidden=96, max_seq_len=64, tie_embeddings=True))
     hf = export_hf(build_model(spec), spec, tmp_path / "hf")
     (hf / "tokenizer.json").write_text("{}")
     served = untie_for_serving(hf, tmp_path / "served")
@@ -111,9 +111,9 @@ def test_model_resolution_needs_an_exported_checkpoint(tmp_path: Path, monkeypat
 def test_stop_signal_is_the_stop_file_or_the_trainers_done(tmp_path: Path) -> None:
     assert control.stop_requested(tmp_path) is None
     (tmp_path / "DONE.json").write_text("{}")
-    assert "DONE.json" in control.stop_requested(tmp_path)
+    assert "DONE.json" in str(control.stop_requested(tmp_path))
     control.request_stop(tmp_path, "finished 40 steps")
-    assert "finished 40 steps" in control.stop_requested(tmp_path)
+    assert "finished 40 steps" in str(control.stop_requested(tmp_path))
 
 
 # --------------------------------------------------------------------------- the real sidecar
@@ -122,13 +122,11 @@ def test_stop_signal_is_the_stop_file_or_the_trainers_done(tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running sidecar job for a random-init model of the tiny recipe's architecture."""
-    python = environments.python_for("inference-cpu")
-    if not python.is_file():
-        pytest.skip("the inference-cpu environment is not built (python -m runtime.environments ensure inference-cpu)")
+    environments.ensure("inference-cpu")  # built once (about 2-3 minutes), as the eval tests do
     root = tmp_path_factory.mktemp("rollout")
     plan = compile_recipe(str(ROOT / "recipes" / "tiny-think.yaml")).plan
     job = next(j for j in plan["jobs"] if j["kind"] == "rlvr_rollout" and j["config"]["trainer_job"] == "rlvr")
-    spec = ModelSpec(**job["config"]["model"])
+    spec = ModelSpec.model_validate(job["config"]["model"])
     text = root / "text.txt"
     text.write_text("\n".join(f"What is {a} plus {b}? The answer is {a + b}." for a in range(80) for b in range(12)))
     tokenizer = train_tokenizer([text], root / "tokenizer", vocab_size=spec.vocab_size)
@@ -232,7 +230,8 @@ def test_weight_push_changes_outputs_and_version(world: dict[str, Any]) -> None:
     report = sync.push(new_weights(world, seed=1), version=1)
     print(f"\nweight push: write {report.write_s * 1000:.0f} ms, reload+reset+label {report.update_s * 1000:.0f} ms",
           file=sys.stderr)
-    assert not report.restarted and report.folder == world["weights_root"] / "v00000001"
+    assert report.folder is not None and not report.restarted
+    assert report.folder == world["weights_root"] / "v00000001"
     assert read_manifest(report.folder) == handle.manifest() and (report.folder / "config.json").is_file()
     assert handle.client.weight_version() == 1
     assert seeded(handle.client) != before
