@@ -253,7 +253,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
-    from runtime.regmix.cli import run  # numpy and LightGBM: only for this command
+    try:
+        import lightgbm  # noqa: F401  numpy and LightGBM: only for this command
+        import numpy  # noqa: F401
+    except ModuleNotFoundError as exc:
+        print(f"recipe mix fit: needs {exc.name} (the runtime extra: pip install -e '.[runtime]')", file=sys.stderr)
+        return EXIT_USER_ERROR
+    from runtime.regmix.cli import run
 
     return run(args)
 
