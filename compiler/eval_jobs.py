@@ -15,11 +15,10 @@ from typing import Any
 from compiler.diagnostics import did_you_mean
 from compiler.eval_tasks import KNOWN_TASK_METRICS, TaskFileError, TaskInfo, read_task_file
 from compiler.hardware import nodes_for
-from compiler.job_common import JOB_ENTRIES, dump, resources
+from compiler.job_common import JOB_ENTRIES, dump, inference_environment, resources
 from compiler.located import locate
 from compiler.mix_jobs import FIT_JOB, SWARM_JOB
 from compiler.plan import Job, PlanContext
-from spec.cluster import SlurmCluster
 from spec.data import DatasetRef, RegMixSearch
 from spec.evals import BpbSuite, EvalsSpec, LmEvalSuite, is_task_file
 
@@ -167,10 +166,9 @@ def _job_config(evals: EvalsSpec, suites: list[ResolvedSuite], model: dict[str, 
 
 
 def _environment(ctx: PlanContext) -> tuple[str, int]:
-    """The environment that runs the harness (vLLM's CPU build pins another torch than the trainer's) and GPUs."""
-    cluster = ctx.recipe.cluster
-    gpus = 1 if isinstance(cluster, SlurmCluster) or cluster.gpus > 0 else 0
-    return ("inference-cuda" if gpus else "inference-cpu"), gpus
+    """The environment that runs the harness, and the GPUs of an eval job (one on a GPU cluster, else none)."""
+    environment = inference_environment(ctx.recipe.cluster)
+    return environment, 1 if environment == "inference-cuda" else 0
 
 
 def _eval_job(ctx: PlanContext, job_id: str, stage: str, config: dict[str, Any], depends_on: str, gpus: int,

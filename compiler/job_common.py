@@ -7,7 +7,7 @@ from compiler import estimates
 from compiler.hardware import time_limit_for
 from compiler.plan import Job, PlanContext
 from compiler.resolve_training import TrainingScale, scale_summary
-from spec.cluster import SlurmCluster
+from spec.cluster import LocalCluster, SlurmCluster
 from spec.model import ModelSpec
 from spec.stages import StageBase
 
@@ -26,6 +26,12 @@ JOB_ENTRIES: dict[str, str] = {
     "regmix_solve": "runtime.regmix:run_solve",
     "eval": "runtime.evals:run_eval",
 }
+
+def inference_environment(cluster: LocalCluster | SlurmCluster) -> str:
+    """The environment of jobs that run vLLM or lm-eval (runtime.environments): vLLM's CPU build pins another torch
+    than the trainer's, and a GPU cluster runs the CUDA build."""
+    return "inference-cuda" if isinstance(cluster, SlurmCluster) or cluster.gpus > 0 else "inference-cpu"
+
 
 def dump(obj: Any, *, exclude: set[str] = frozenset()) -> Any:
     return obj.model_dump(mode="json", by_alias=True, exclude=exclude)

@@ -11,7 +11,7 @@ from typing import Any
 
 from compiler import estimates
 from compiler.hardware import GIB, as_run_on, device_for, gpu_count_problem, nodes_for
-from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_estimates
+from compiler.job_common import JOB_ENTRIES, dump, inference_environment, resources, training_config, training_estimates
 from compiler.plan import Job, PlanContext
 from compiler.resolve_training import resolve_scale
 from spec.cluster import SlurmCluster
@@ -102,6 +102,7 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
         ctx.add(Job(
             id=rollout_id, stage=stage.name, kind="rlvr_rollout", entry=JOB_ENTRIES["rlvr_rollout"],
             config={"model": config["model"], "init": init, "rollout": dump(r), "trainer_job": trainer_id,
+                    "environment": inference_environment(ctx.recipe.cluster),
                     "sampling": {"temperature": stage.grpo.temperature, "max_tokens": stage.grpo.max_response_tokens,
                                  "logprobs_mode": "processed_logprobs"}},
             resources=resources(ctx, sidecar_nodes, math.ceil(r.gpus / sidecar_nodes) if r.gpus else 0, max(1, r.gpus), wall_h, stage.resources.time_limit),

@@ -176,6 +176,11 @@ class Rollout(Spec):
     gpu_memory_utilization: Fraction = Field(0.9, description="Fraction of GPU memory vLLM may take.")
     max_num_seqs: PositiveInt = Field(256, description="Most sequences an engine decodes at once.")
     max_prompt_tokens: PositiveInt = Field(2048, description="Most prompt tokens (longer prompts are dropped).")
+    weight_sync: Literal["filesystem", "nccl"] = Field(
+        "filesystem",
+        description="How the trainer's weights reach the sidecar: safetensors on a shared filesystem, reloaded in "
+        "place (any cluster, CPU too), or NCCL broadcast through vLLM's weight-transfer routes (GPU clusters).",
+    )
 
 
 class RlvrStage(StageBase):
