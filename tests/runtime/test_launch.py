@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, TINY_FULL, run_main
+from conftest import REPO, TINY_FULL, run_main, tiny_full_portable
 
 HERE = Path(__file__).resolve().parent
 NAME = "tiny-think-full"  # the tiny pipeline with every job kind (mix search, delta pairs): the executor runs them all
@@ -22,7 +22,8 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-think-full (3 swarm proxies) compiled in a scratch tree with empty toy-world folders: its plan.json."""
     root = tmp_path_factory.mktemp("launch")
     (root / "recipes").mkdir()
-    shutil.copy(TINY_FULL, root / "recipes" / TINY_FULL.name)  # its ../data/toy paths resolve in this tree
+    # its ../data/toy paths resolve in this tree; its eval task files are named by absolute paths
+    (root / "recipes" / TINY_FULL.name).write_text(tiny_full_portable(), encoding="utf-8")
     for name in TOY:
         (root / "data" / "toy" / name).mkdir(parents=True)
     result = run_main(["compile", root / "recipes" / TINY_FULL.name, "-o", root / "build", "--set", "data.mix.swarm_size=3"])
@@ -38,11 +39,13 @@ def entries_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write_plan(compiled: Path, name: str, entries: dict[str, str] | None = None, edit: Any = None) -> Path:
-    """A copy of the plan beside the original (so recipe_dir still resolves), entries -> test entries."""
+    """A copy of the plan beside the original (so recipe_dir still resolves), entries -> test entries (which need
+    no inference environment: tests/runtime/test_environments.py covers building it)."""
     plan = json.loads(compiled.read_text())
     for job in plan["jobs"]:
         job["entry"] = "launch_entries:group_member" if job["group"] else "launch_entries:record"
         job["entry"] = (entries or {}).get(job["id"], job["entry"])
+        job["config"].pop("environment", None)
     if edit:
         edit(plan)
     path = compiled.with_name(f"plan-{name}.json")
@@ -145,7 +148,7 @@ def test_cache_dry_run_force_and_one_edited_hash(compiled: Path, tmp_path: Path)
     ids = list(state(tmp_path))
     assert launch(plan_path, tmp_path).code == 0
     assert {j["state"] for j in state(tmp_path).values()} == {"cached"}
-    assert all(calls(tmp_path, j) == (3 if j == "mix-swarm" else 1) for j in ids)
+    assert all(calls(tmp_path, j) == (3 if j in ("mix-swarm", "mix-swarm-eval") else 1) for j in ids)
     dry = launch(plan_path, tmp_path, "--dry-run", "--force")
     assert dry.code == 0 and "--force" in dry.out
     assert "DONE.json present" in launch(plan_path, tmp_path, "--dry-run").out
@@ -206,7 +209,7 @@ def test_missing_entries_fail_up_front_unless_not_run(compiled: Path, tmp_path: 
     result = launch(plan_path, tmp_path, "--only", "mix-fit")
     assert result.code == 0, result.err
     jobs = state(tmp_path)
-    assert [j for j, s in jobs.items() if s["state"] == "done"] == ["mix-swarm", "mix-fit"]
+    assert [j for j, s in jobs.items() if s["state"] == "done"] == ["mix-swarm", "mix-swarm-eval", "mix-fit"]
     assert jobs["dpo"]["state"] == "skipped"
 
 
@@ -295,7 +298,8 @@ def test_uncommitted_code_is_refused_unless_allowed(compiled: Path, tmp_path: Pa
 
 
 def test_slurm_dry_run_of_a_1000_node_plan_submits_arrays_not_thousands_of_jobs(tmp_path: Path) -> None:
-    """olmo3-7b-think with a 4,096-proxy swarm on a 1,000-node cluster: one sbatch per job (12), not per task."""
+    """olmo3-7b-think with a 4,096-proxy swarm on a 1,000-node cluster: one sbatch per job (19, the swarm's proxy
+    evals an array too), not per task."""
     assert run_main(["compile", REPO / "recipes" / "olmo3-7b-think.yaml", "-o", tmp_path / "build",
                      "--set", "data.mix.swarm_size=4096", "--set", "cluster.max_nodes=1000"]).code == 0
     plan_file = tmp_path / "build" / "olmo3-7b-think" / "plan.json"
@@ -307,8 +311,10 @@ def test_slurm_dry_run_of_a_1000_node_plan_submits_arrays_not_thousands_of_jobs(
                        "--allow-dirty"])
     assert result.code == 0, result.err
     calls_ = [line for line in result.out.splitlines() if line.startswith("sbatch  ")]
-    assert len(calls_) == len(plan["jobs"]) == 12
-    assert "slurm: 12 sbatch call(s) for 4107 task(s)" in result.out
+    assert len(calls_) == len(plan["jobs"]) == 19
+    assert f"slurm: 19 sbatch call(s) for {4096 * 2 + 17} task(s)" in result.out
+    proxy_evals = next(line for line in calls_ if line.startswith("sbatch  mix-swarm-eval:"))
+    assert "array of 4096 (at most " in proxy_evals and "afterok mix-swarm" in proxy_evals
     swarm = next(line for line in calls_ if line.startswith("sbatch  mix-swarm:"))
     assert "array of 4096 (at most " in swarm and "partition gpu" in swarm and "no dependency" in swarm
     pretrain = next(line for line in calls_ if line.startswith("sbatch  pretrain:"))
