@@ -19,6 +19,7 @@ from compiler.job_common import JOB_ENTRIES, dump, inference_environment, resour
 from compiler.located import locate
 from compiler.mix_jobs import FIT_JOB, SWARM_JOB
 from compiler.plan import Job, PlanContext
+from spec.cluster import LocalCluster
 from spec.data import DatasetRef, RegMixSearch
 from spec.evals import BpbSuite, EvalsSpec, LmEvalSuite, is_task_file
 
@@ -146,20 +147,22 @@ def _chosen_suites(ctx: PlanContext, evals: EvalsSpec, suites: dict[str, Resolve
 
 
 def _job_config(evals: EvalsSpec, suites: list[ResolvedSuite], model: dict[str, Any], environment: str,
-                dtype: str, chat: bool) -> dict[str, Any]:
+                dtype: str, chat: bool, backend: str | None = None, threads: int | None = None) -> dict[str, Any]:
     configs: dict[str, Any] = {}
     for suite in suites:
         config = dict(suite.config)
         if isinstance(suite.spec, LmEvalSuite):
             config["chat_template"] = chat if suite.spec.chat_template is None else suite.spec.chat_template
         configs[suite.name] = config
+    backend = backend or evals.backend
     return {
         "model": model,
-        "backend": evals.backend,
+        "backend": backend,
         "environment": environment,
         "dtype": dtype,
         "seed": evals.seed,
-        "batch_size": "auto" if evals.backend == "vllm" else 8,
+        "batch_size": "auto" if backend == "vllm" else 8,
+        "threads": threads,
         "suites": configs,
         "metrics": sorted(m for s in suites for m in s.metrics),
     }
@@ -229,8 +232,11 @@ def _proxy_eval_job(ctx: PlanContext, evals: EvalsSpec, suites: dict[str, Resolv
     swarm = next(j for j in ctx.jobs if j.id == SWARM_JOB)
     proxy = search.proxy.model
     ref = {"job": SWARM_JOB, "format": "base", "max_model_len": proxy.max_seq_len, "proxies": True}
-    config = _job_config(evals, chosen, ref, environment, proxy.dtype, False)
-    job = _eval_job(ctx, PROXY_EVAL_JOB, swarm.stage, config, SWARM_JOB, gpus, array=dict(swarm.array or {}))
+    array = dict(swarm.array or {})
+    # On a CPU the proxies' evals run side by side, one per core, as the proxies trained.
+    threads = max(1, ctx.recipe.cluster.cpus // array.get("parallelism", 1)) if isinstance(ctx.recipe.cluster, LocalCluster) and not gpus else None
+    config = _job_config(evals, chosen, ref, environment, proxy.dtype, False, evals.proxy_backend, threads)
+    job = _eval_job(ctx, PROXY_EVAL_JOB, swarm.stage, config, SWARM_JOB, gpus, array=array)
     ctx.jobs.insert(ctx.jobs.index(swarm) + 1, job)
     fit = next(j for j in ctx.jobs if j.id == FIT_JOB)
     fit.depends_on = sorted({*fit.depends_on, PROXY_EVAL_JOB})

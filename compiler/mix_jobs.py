@@ -8,7 +8,7 @@ from compiler.diagnostics import did_you_mean
 from compiler.hardware import GIB, as_run_on, device_for, gpu_count_problem, nodes_for
 from compiler.job_common import JOB_ENTRIES, model_config, resources
 from compiler.plan import Job, PlanContext
-from spec.cluster import SlurmCluster
+from spec.cluster import LocalCluster, SlurmCluster
 from spec.data import FixedMix, RegMixSearch
 from spec.stages import LmStage
 
@@ -143,9 +143,11 @@ def build_mix_jobs(ctx: PlanContext) -> None:
 
 
 def _array_parallelism(ctx: PlanContext, gpus_each: int, size: int) -> int:
-    """How many proxies run at once: as many as fit on the cluster (one at a time on a CPU)."""
+    """How many proxies run at once: as many as fit on the cluster; on a CPU one per core (a proxy trains on one
+    thread: its matrices are too small for a second to pay)."""
     cluster = ctx.recipe.cluster
     if gpus_each == 0:
-        return 1
+        cores = cluster.cpus if isinstance(cluster, LocalCluster) else cluster.max_nodes * 8  # a CPU job: 1/8 node
+        return max(1, min(size, cores))
     total = cluster.max_nodes * cluster.gpus_per_node if isinstance(cluster, SlurmCluster) else cluster.gpus
     return max(1, min(size, total // gpus_each))

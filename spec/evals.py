@@ -73,6 +73,9 @@ class EvalsSpec(Spec):
     proxies: list[Identifier] | None = Field(
         None, description="Suites run on every RegMix proxy; default the suites the objective's metrics come from."
     )
+    proxy_backend: Literal["vllm", "hf"] | None = Field(
+        None, description="Backend for the proxies' evals (default: backend); hf skips an engine start per proxy."
+    )
     report: list[str] = Field(
         default_factory=list, description="Headline metrics of `recipe report` (<suite>/<task>/<metric>)."
     )
