@@ -10,7 +10,6 @@ Run: `python -m pytest tests/runtime/test_evals.py -q -p no:cacheprovider [-m sl
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
