@@ -108,12 +108,17 @@ def harness_spec(job: Mapping[str, Any], hf: Path, out: Path, refs: Mapping[str,
     }
 
 
-def harness_env(out: Path, device: str) -> dict[str, str]:
+def harness_env(out: Path, device: str, threads: int | None = None) -> dict[str, str]:
+    """The harness's environment. `threads` (the plan's `config.threads`: set when several evals share a CPU
+    machine, e.g. swarm proxies one per core) caps the math libraries' threads and, on CPU, stops vLLM binding its
+    worker to a core of its choosing (every concurrent engine would pick the same one)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(OFFLINE, PYTHONPATH=str(REPO), HF_DATASETS_CACHE=str(out / ".hf_datasets_cache"),
                PYTHONUNBUFFERED="1")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if device == "cpu":
-        for key, value in CPU_DEFAULTS.items():
+        for key, value in {**CPU_DEFAULTS, **({"VLLM_CPU_OMP_THREADS_BIND": "nobind"} if threads else {})}.items():
             env.setdefault(key, value)
     return env
 
@@ -166,7 +171,7 @@ def run_eval(job: dict[str, Any]) -> None:
                          f"(${environments.override_var(name)}?)")
     print(f"{label}: evaluating {hf} with {config['backend']} in {name} ({python})", flush=True)
     try:
-        run_harness(python, spec_path, harness_env(out, device), label)
+        run_harness(python, spec_path, harness_env(out, device, config.get("threads")), label)
     finally:
         shutil.rmtree(out / ".hf_datasets_cache", ignore_errors=True)
     results = json.loads((out / "lm_eval" / "results.json").read_text(encoding="utf-8"))

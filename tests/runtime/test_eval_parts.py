@@ -194,3 +194,21 @@ def test_an_engine_process_that_dies_ends_the_harness_at_once(tmp_path: Path) ->
     assert error.read_text().startswith("vllm backend failed: its engine process ")
     stopped = code.replace("engine.kill()", "watch.stop(); engine.kill()").replace("time.sleep(5)", "time.sleep(0.5)")
     assert subprocess.run([sys.executable, "-c", stopped], cwd=REPO, timeout=60).returncode == 0  # stopped: no exit
+
+
+def test_the_harness_runs_offline_and_with_the_plans_thread_count(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.evals import harness_env
+
+    for key in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    env = harness_env(tmp_path, "cpu")
+    assert (env["PYTHONPATH"], env["HF_HUB_OFFLINE"], env["HF_DATASETS_OFFLINE"]) == (str(REPO), "1", "1")
+    assert env["HF_DATASETS_CACHE"].startswith(str(tmp_path)) and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and "OMP_NUM_THREADS" not in env
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env  # one eval on the machine: vLLM's own binding
+    shared = harness_env(tmp_path, "cpu", threads=1)
+    assert (shared["OMP_NUM_THREADS"], shared["VLLM_CPU_OMP_THREADS_BIND"]) == ("1", "nobind")
+    gpu = harness_env(tmp_path, "cuda")
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in gpu and "VLLM_CPU_KVCACHE_SPACE" not in gpu
