@@ -1,7 +1,9 @@
 """Assemble a recipe's located tree: read the file, follow `extends`, expand cluster profiles, apply --set.
 
 Merging rules: mappings merge key by key (the extending file wins; `null` clears), lists are
-replaced, except `stages`, which merge by stage `name` so a variant can change one stage.
+replaced, except `stages`, which merge by stage `name` so a variant can change one stage. A mapping
+that changes its `kind` (a RegMix search becoming a fixed mix, a cosine schedule becoming wsd) replaces
+the base's: a different type has different fields.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def _display(path: Path) -> str:
 def merge(base: Any, over: Any, *, top: bool = False) -> Any:
     """Deep-merge `over` onto `base` (neither is modified)."""
     if not (isinstance(base, LocatedMap) and isinstance(over, LocatedMap)):
+        return copy.deepcopy(over)
+    if "kind" in base and "kind" in over and base["kind"] != over["kind"]:
         return copy.deepcopy(over)
     out = copy.deepcopy(base)
     for key, value in over.items():

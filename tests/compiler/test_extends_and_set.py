@@ -116,6 +116,16 @@ def test_variant_replaces_lists_other_than_stages(tmp_path: Path, tiny_copy: Pat
     assert rewards == [{"verifier": "format", "weight": 1.0}]
 
 
+def test_a_mapping_that_changes_kind_replaces_the_base(tmp_path: Path, tiny_copy: Path) -> None:
+    variant = tiny_copy.parent / "variant.yaml"
+    variant.write_text("extends: tiny-think.yaml\nname: v\nstages:\n  - name: sft\n    schedule: {kind: constant}\n")
+    schedule = job(compile_ok(variant, tmp_path / "out"), "sft")["config"]["optim"]["schedule"]
+    # the base's cosine warmup_steps (5) is not carried into the constant schedule: its default (0) holds
+    assert schedule["kind"] == "constant" and schedule["warmup_steps"] == 0
+    base_schedule = job(compile_ok(tiny_copy, tmp_path / "base"), "sft")["config"]["optim"]["schedule"]
+    assert base_schedule["kind"] == "cosine" and base_schedule["warmup_steps"] == 5
+
+
 def test_variant_merges_mappings_key_by_key(tmp_path: Path) -> None:
     base = tmp_path / "base.yaml"
     base.write_text(MINIMAL)
