@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from runtime.outputs import atomic_write_text
-from runtime.report.collect import ReportError, RunResult, load_run, select_metrics
+from runtime.report.collect import ReportError, RunResult, add_objective, load_run, select_metrics
 from runtime.report.text import labels, markdown, metric_union, plain_text
 
 __all__ = ["ReportError", "report", "default_out"]
@@ -75,6 +75,7 @@ def report(run: str, other: str | None = None, *, runs: str | Path = "runs", out
     """Print the report of RUN (or RUN against OTHER) and write its Markdown version; returns 0."""
     stream = stream or sys.stdout
     results = [load_run(run, runs)] + ([load_run(other, runs)] if other is not None else [])
+    add_objective(results)
     if len(results) == 2 and results[0].run_dir.resolve() == results[1].run_dir.resolve():
         raise ReportError(f"{run} and {other} are the same run ({results[0].run_dir}): name two runs to compare")
     every = metric_union(*results)

@@ -29,6 +29,7 @@ EVAL_KIND = "eval"
 SWARM_EVAL = "mix-swarm-eval"
 IN_HOUSE = "in-house"
 FINAL_LOSS = f"{IN_HOUSE}/train/final_loss"
+OBJECTIVE = "mix/objective"  # the RegMix objective of a model's metrics (lower is better)
 HAS_METRICS = ("done", "cached")
 # Sizes, not scores: left out of the in-house numbers.
 _COUNTS = frozenset({"bytes", "docs", "tokens", "n", "pairs", "samples", "count"})
@@ -79,6 +80,7 @@ class RunResult:
     stages: list[StageResult]
     swarm: SwarmResult | None = None
     headline: list[str] = field(default_factory=list)  # the recipe's evals.report metrics (the plan's)
+    objective: list[dict[str, Any]] = field(default_factory=list)  # the plan's RegMix objective terms, if any
 
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)
@@ -178,6 +180,42 @@ def _plan_jobs(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {}
 
 
+def _objective(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The RegMix objective's terms ({metric, weight, direction}) of the plan's swarm, if it searches its mix."""
+    for job in plan.get("jobs") or []:
+        terms = job.get("config", {}).get("objective") if isinstance(job, dict) else None
+        if job.get("kind") == "regmix_swarm" and isinstance(terms, list):
+            return [t for t in terms if isinstance(t, dict)]
+    return []
+
+
+def objective_value(metrics: dict[str, float], terms: list[dict[str, Any]]) -> float | None:
+    """The objective as RegMix's fit scores it (runtime.regmix.objective): Σ weight·metric over minimized terms
+    minus Σ weight·metric over maximized ones; lower is better. None when a term's metric is missing."""
+    total = 0.0
+    for term in terms:
+        value = metrics.get(str(term.get("metric")))
+        if value is None:
+            return None
+        sign = -1.0 if term.get("direction") == "maximize" else 1.0
+        total += sign * float(term.get("weight", 1.0)) * value
+    return total
+
+
+def add_objective(runs: list["RunResult"]) -> None:
+    """Score every evaluated model of every run with the first run's objective (or the second's), as OBJECTIVE:
+    a pretraining run on the searched mix and one on the natural mix are compared on the same objective."""
+    terms = next((run.objective for run in runs if run.objective), [])
+    if not terms:
+        return
+    for run in runs:
+        for stage in run.stages:
+            value = objective_value(stage.metrics, terms)
+            if value is not None:
+                stage.metrics[OBJECTIVE] = value
+        run.headline = [OBJECTIVE, *[m for m in run.headline if m != OBJECTIVE]]
+
+
 def _headline(plan: dict[str, Any]) -> list[str]:
     """The metrics the recipe's `evals.report` names, in its order."""
     evals = plan.get("evals")
@@ -245,6 +283,7 @@ def _target(job: _Job) -> str:
 def collect(run_dir: Path) -> RunResult:
     """Read one run folder (it holds state.json) into one result per evaluated model, in plan order."""
     state, jobs = _jobs(run_dir)
+    plan = _plan(state.get("plan"))
     swarm = next((j for j in jobs if j.id == SWARM_EVAL), None)
     if not any(j.kind == EVAL_KIND for j in jobs):
         raise ReportError(f"{run_dir}: no eval jobs in this run (its plan has none: add evals to the recipe, "
@@ -265,7 +304,7 @@ def collect(run_dir: Path) -> RunResult:
             columns.setdefault(job.id, StageResult(job.id, plan_stage=job.stage)).in_house = numbers
     kept = list(columns.values())
     result = RunResult(name=str(state.get("recipe") or run_dir.name), run_dir=run_dir, stages=kept,
-                       swarm=_swarm(swarm) if swarm else None, headline=_headline(_plan(state.get("plan"))))
+                       swarm=_swarm(swarm) if swarm else None, headline=_headline(plan), objective=_objective(plan))
     if not any(s.metrics for s in kept) and not (result.swarm and result.swarm.proxies):
         waiting = [f"{s.eval_job} {s.eval_state}" for s in kept if s.eval_job]
         waiting += [f"{result.swarm.job} {result.swarm.state}"] if result.swarm else []

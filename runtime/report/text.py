@@ -16,7 +16,7 @@ from compiler.table import markdown_table, text_table
 from runtime.report.collect import IN_HOUSE, RunResult, StageResult, SwarmResult, stage_order
 
 NONE = "—"
-LOWER_IS_BETTER = ("bpb", "bits_per_byte", "perplexity", "word_perplexity", "byte_perplexity", "loss", "final_loss",
+LOWER_IS_BETTER = ("objective", "bpb", "bits_per_byte", "perplexity", "word_perplexity", "byte_perplexity", "loss", "final_loss",
                    "ter", "wer", "cer")
 HIGHER_IS_BETTER = ("acc", "acc_norm", "exact_match", "em", "f1", "mcc", "bleu", "chrf", "rouge1", "rouge2", "rougeL",
                     "rougeLsum", "accuracy", "reward_accuracy", "reward_margin", "pass@1", "pass_at_1", "pass@k",

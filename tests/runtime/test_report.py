@@ -286,3 +286,24 @@ def test_headline_metrics_from_the_plan_come_first(tmp_path: Path) -> None:
     other = make_run(tmp_path, "b", {k: {**v, "toy/text/bpb": v["toy/text/bpb"] - 0.01} for k, v in BASE.items()})
     compared = _table(_print(run, other), title)
     assert ["toy/text/bpb", "pretrain", "0.3471", "0.3371", "-0.01", "better"] in compared
+
+
+def test_the_mix_objective_scores_both_runs_the_same_way(tmp_path: Path) -> None:
+    """A run on the searched mix (its plan has the objective) against one on the natural mix (its plan has none):
+    both scored with the searched run's objective, lower is better."""
+    objective = [{"metric": "toy/text/bpb", "weight": 0.5, "direction": "minimize"},
+                 {"metric": "tasks/toy_mc/acc", "weight": 0.5, "direction": "maximize"}]
+    searched = make_run(tmp_path, "regmix", BASE)
+    natural = make_run(tmp_path, "natural", {k: {**v, "toy/text/bpb": v["toy/text/bpb"] + 0.1} for k, v in BASE.items()})
+    plan = tmp_path / "build" / "plan.json"
+    _write(plan, {"jobs": [{"id": "mix-swarm", "kind": "regmix_swarm", "config": {"objective": objective}}],
+                  "evals": {"report": ["toy/text/bpb"]}})
+    state = json.loads((searched / "state.json").read_text())
+    state["plan"] = str(plan)
+    _write(searched / "state.json", state)
+    title = "headline metrics (the recipe's evals.report)"
+    one = _table(_print(searched), title)
+    assert one[2][0] == "mix/objective" and one[2][1] == f"{0.5 * 0.3471 - 0.5 * 0.25:.4g}"
+    rows = _table(_print(natural, searched), title)  # A = natural, B = the searched mix
+    pretrain = next(r for r in rows if r[:2] == ["mix/objective", "pretrain"])
+    assert pretrain[4] == f"{-0.05:+.4g}" and pretrain[5] == "better"
