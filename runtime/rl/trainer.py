@@ -1,0 +1,470 @@
+"""`GRPOTrainer`: torchtitan's Trainer (through `RecipeTrainer`) with rollouts from the vLLM sidecar and the GRPO loss.
+
+What is torchtitan's, unchanged: the model and its init (`init_hf_path`: the `from` stage's export), the AdamW
+optimizer, the LR schedule, DCP checkpoints (save every `checkpoint_every` RL steps, resume from the latest at
+`train()` start; the rollout cursor is part of the train state) and the step loop (`train()`).
+What this class replaces is `train_step`: one RL step =
+
+1. `take` the next rollout batch from the async loop (`runtime.rl.rollouts`; waits when generation is behind; samples
+   staler than `max_staleness` dropped and counted);
+2. group-normalised advantages per prompt; groups with zero reward variance carry no policy gradient and are left out
+   of the forward/backward (unless `kl_coef > 0`: their KL term still counts);
+3. behaviour log-probs: `recompute` scores the batch with the weights current when it was taken (before this
+   step's update) and corrects trainer vs sidecar with `tis` / `mis` (rho = exp(trainer - sidecar)); `rollout` uses
+   the sidecar's log-probs as the PPO denominator (the ratio then already reweights sidecar -> trainer, so `tis`
+   adds nothing and is not applied; `mis` masks tokens whose rho against the current policy leaves [low, cap]);
+4. `mini_batches_per_step` optimizer updates, each over its share of the samples in micro-batches of
+   `micro_batch_size`, the loss summed over response tokens and divided by the mini-batch's response-token count
+   (token-level aggregation), gradients clipped at `grad_clip`; the LR schedule steps once per RL step;
+5. push the new weights to the sidecar as version = step (`pause("keep")`, reload, resume with in-flight updates),
+   which lets the next rollout batch start;
+6. one metrics.jsonl line (see `RLStats.metrics`).
+
+One process only (the loop, the sidecar client and the pushes live in rank 0; multi-process RL is not built).
+Entry: `runtime.rl:run_trainer` (runtime/rl/job.py). Test: `python -m pytest tests/runtime/test_rl.py -q`.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch.distributed.checkpoint.stateful import Stateful
+from torch.utils.data import IterableDataset
+
+from runtime.lm_data import SourceDataLoader, load_source
+from runtime.lm_eval import forward_logits
+from runtime.lm_trainer import RecipeTrainer
+from runtime.rl.loss import correction, group_advantages, grpo_token_loss, token_logprobs
+from runtime.rl.rollouts import AsyncRollouts, LoopSettings, Rollout, RolloutBatch
+from runtime.sft_data import special_id
+from runtime.tokenizer import EOS, PAD
+
+
+# --------------------------------------------------------------------------- prompts
+
+def prompt_tokens_of(tokenizer: Any, text: str) -> list[int]:
+    """The chat-format prompt (a user turn, then the assistant marker), as SFT trained and the eval asks."""
+    from runtime.answer_eval import prompt_tokens
+
+    return prompt_tokens(tokenizer, {"question": text}, chat=True)
+
+
+class PromptSet(IterableDataset, Stateful):
+    """The RL prompt rows with their chat-format tokens; batch k's prompts are positions [kP, (k+1)P) of a seeded
+    shuffled order per epoch (`batch`), so the rollout cursor alone says where a resumed job goes on. It is the
+    trainer's dataloader dataset only so that torchtitan builds and checkpoints it; nothing iterates it."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], tokens: Sequence[list[int]], *, seed: int = 0):
+        if not rows:
+            raise ValueError("RL prompts: no rows")
+        self.rows, self.tokens, self.seed = list(rows), list(tokens), seed
+        self._orders: dict[int, list[int]] = {}
+
+    def order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            order = list(range(len(self.rows)))
+            random.Random(f"rl-prompts-{self.seed}-{epoch}").shuffle(order)
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def batch(self, index: int, size: int) -> list[tuple[list[int], Mapping[str, Any]]]:
+        out = []
+        for position in range(index * size, (index + 1) * size):
+            i = self.order(position // len(self.rows))[position % len(self.rows)]
+            out.append((self.tokens[i], self.rows[i]))
+        return out
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())  # torchtitan's checkpoint of the dataloader opens an iterator; the loop never reads it
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class PromptDataLoader(SourceDataLoader):
+    """torchtitan dataloader holding the RL prompts (`Config.source`: {path|hf, split, text_field})."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(SourceDataLoader.Config):
+        max_prompt_tokens: int = 0
+        """Prompts longer than this (tokens) are left out; 0: no limit."""
+
+    def build_dataset(self, config: Config, *, tokenizer: Any, seq_len: int, dp_rank: int,
+                      dp_world_size: int) -> PromptSet:
+        field_name = config.source.get("text_field") or "prompt"
+        rows = [dict(r) for r in load_source(config.source)]
+        if rows and field_name not in rows[0]:
+            raise ValueError(f"RL prompts: no {field_name!r} field (the rows have {sorted(rows[0])})")
+        limit = config.max_prompt_tokens or seq_len
+        kept, tokens = [], []
+        for row in rows:
+            ids = prompt_tokens_of(tokenizer, str(row[field_name]))
+            if len(ids) <= limit:
+                kept.append(row)
+                tokens.append(ids)
+        return PromptSet(kept, tokens, seed=config.seed)
+
+
+# --------------------------------------------------------------------------- per-step statistics
+
+@dataclass
+class RLStats:
+    """What one RL step logs (sums; `metrics()` turns them into the metrics.jsonl fields)."""
+
+    rewards: list[float] = field(default_factory=list)
+    per_verifier: dict[str, list[float]] = field(default_factory=dict)
+    lengths: list[int] = field(default_factory=list)
+    truncated: int = 0
+    groups: int = 0
+    zero_variance_groups: int = 0
+    dropped: int = 0
+    staleness: Counter[int] = field(default_factory=Counter)
+    tokens: int = 0
+    rho_sum: float = 0.0
+    rho_max: float = 0.0
+    rho_tokens: int = 0
+    n_truncated: int = 0
+    n_masked: int = 0
+    kl_sidecar_sum: float = 0.0
+    clipped: int = 0
+    kl_ref_sum: float = 0.0
+    loss_sum: float = 0.0
+    updates: int = 0
+    grad_norm: float = 0.0
+    two_span_samples: int = 0
+
+    def add_rollouts(self, batch: RolloutBatch) -> None:
+        for r in batch.rollouts:
+            self.rewards.append(r.reward)
+            for name, value in r.rewards.items():
+                self.per_verifier.setdefault(name, []).append(value)
+            self.lengths.append(len(r.sample.token_ids))
+            self.truncated += r.sample.finish_reason == "length"
+            self.two_span_samples += len({s.version for s in r.sample.versions}) > 1
+        self.dropped += batch.dropped
+        self.staleness.update(batch.staleness)
+
+    def add_correction(self, rho: torch.Tensor, truncated: torch.Tensor, masked: torch.Tensor,
+                       kl_sidecar: torch.Tensor, mask: torch.Tensor) -> None:
+        m = mask.bool()
+        if not m.any():
+            return
+        values = rho[m].double()
+        self.rho_sum += float(values.sum())
+        self.rho_max = max(self.rho_max, float(values.max()))
+        self.rho_tokens += int(m.sum())
+        self.n_truncated += int((truncated & m).sum())
+        self.n_masked += int((masked & m).sum())
+        self.kl_sidecar_sum += float(kl_sidecar[m].double().sum())
+
+    def metrics(self) -> dict[str, Any]:
+        n = max(len(self.rewards), 1)
+        mean = sum(self.rewards) / n
+        std = (sum((r - mean) ** 2 for r in self.rewards) / n) ** 0.5
+        t = max(self.rho_tokens, 1)
+        return {
+            "reward_mean": mean, "reward_std": std,
+            **{f"reward/{k}": sum(v) / max(len(v), 1) for k, v in sorted(self.per_verifier.items())},
+            "response_len_mean": sum(self.lengths) / max(len(self.lengths), 1),
+            "response_len_max": max(self.lengths, default=0),
+            "truncated_frac": self.truncated / max(len(self.lengths), 1),
+            "samples": len(self.rewards), "dropped_samples": self.dropped,
+            "staleness_hist": {str(k): v for k, v in sorted(self.staleness.items())},
+            "groups": self.groups, "zero_variance_groups": self.zero_variance_groups,
+            "trained_tokens": self.tokens,
+            "rho_mean": self.rho_sum / t if self.rho_tokens else 1.0, "rho_max": self.rho_max if self.rho_tokens else 1.0,
+            "is_truncated_frac": self.n_truncated / t, "is_masked_frac": self.n_masked / t,
+            "kl_sidecar_trainer": self.kl_sidecar_sum / t,
+            "clip_frac": self.clipped / max(self.tokens, 1), "kl_ref": self.kl_ref_sum / max(self.tokens, 1),
+            "loss": self.loss_sum / max(self.updates, 1) if self.updates else 0.0,
+            "updates": self.updates, "grad_norm": self.grad_norm, "two_span_samples": self.two_span_samples,
+        }
+
+
+# --------------------------------------------------------------------------- batches of samples as tensors
+
+@dataclass
+class Rows:
+    """Padded tensors of some samples: inputs = prompt + response[:-1], targets = the next tokens; `mask` marks the
+    targets that are response tokens (the only ones the loss sees)."""
+
+    inputs: torch.Tensor  # (B, L)
+    targets: torch.Tensor  # (B, L)
+    mask: torch.Tensor  # bool (B, L)
+    sidecar: torch.Tensor  # (B, L) the sidecar's log-probs on the response targets
+    adv: torch.Tensor  # (B,)
+
+
+def build_rows(samples: Sequence[tuple[Rollout, float]], pad_id: int) -> Rows:
+    width = max(len(r.prompt) + len(r.sample.token_ids) - 1 for r, _ in samples)
+    n = len(samples)
+    inputs = torch.full((n, width), pad_id, dtype=torch.long)
+    targets = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.bool)
+    sidecar = torch.zeros((n, width), dtype=torch.float32)
+    for row, (r, _) in enumerate(samples):
+        full = list(r.prompt) + list(r.sample.token_ids)
+        p, k = len(r.prompt), len(r.sample.token_ids)
+        inputs[row, :len(full) - 1] = torch.tensor(full[:-1])
+        targets[row, :len(full) - 1] = torch.tensor(full[1:])
+        mask[row, p - 1:p - 1 + k] = True
+        sidecar[row, p - 1:p - 1 + k] = torch.tensor(r.sample.logprobs, dtype=torch.float32)
+    return Rows(inputs, targets, mask, sidecar, torch.tensor([a for _, a in samples], dtype=torch.float32))
+
+
+def select(rows: Rows, index: slice) -> Rows:
+    return Rows(rows.inputs[index], rows.targets[index], rows.mask[index], rows.sidecar[index], rows.adv[index])
+
+
+# --------------------------------------------------------------------------- the trainer
+
+class GRPOTrainer(RecipeTrainer):
+    """RecipeTrainer whose step is one asynchronous GRPO step (see the module docstring)."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(RecipeTrainer.Config):
+        rl: dict[str, Any] = field(default_factory=dict)
+        """The job's `rl` block: grpo, async, rewards, reward_mode, mini_batches_per_step, rollout_job."""
+        model_json: dict[str, Any] = field(default_factory=dict)
+        """The job's model block (spec.model.ModelSpec), for the Hugging Face names of a push."""
+        sidecar_dir: str = ""
+        """The rollout sidecar's output folder (RECIPE_PEER_<ROLLOUT_JOB>)."""
+        connect_wait_s: float = 600.0
+        eval_rows: list[dict[str, Any]] = field(default_factory=list)
+        """Held-out questions scored by greedy exact match before and after RL."""
+        reward_seed: int = 0
+
+    def __init__(self, config: Config):
+        super().__init__(config)  # loads the `from` weights
+        if self.parallel_dims.world_size > 1:
+            raise NotImplementedError("RL training runs in one process (scale.processes: 1)")
+        from runtime.rewards import RandomRewards, Rewards
+        from spec.model import ModelSpec
+
+        rl = config.rl
+        self.grpo, self.async_cfg = rl["grpo"], rl["async"]
+        self.spec = ModelSpec(**config.model_json)
+        self.mini_batches = int(rl.get("mini_batches_per_step", 1))
+        self.dataset: PromptSet = self.dataloader.dataset
+        self.pad_id = special_id(self.tokenizer, PAD)
+        self.eos_id = special_id(self.tokenizer, EOS)
+        self.random_reward = rl.get("reward_mode", "verifiers") == "random_reward"
+        self.rewards: Any = (RandomRewards(rl["rewards"], seed=config.reward_seed) if self.random_reward
+                             else Rewards(rl["rewards"]))
+        self.reference: torch.nn.Module | None = None
+        if float(self.grpo.get("kl_coef", 0.0)) > 0:
+            self.reference = copy.deepcopy(self.model_parts[0]).eval().requires_grad_(False)
+        self.rl_next_batch = 0
+        self.loop: AsyncRollouts | None = None
+        self.handle: Any = None
+        self._export_model: torch.nn.Module | None = None
+        self.step_log: list[dict[str, Any]] = []
+        self.arith_before = self.exact_match() if config.eval_rows else None
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rl_next_batch": self.rl_next_batch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.rl_next_batch = int(state_dict.get("rl_next_batch", 0))
+
+    # ------------------------------------------------------------------ evaluation
+
+    def exact_match(self) -> dict[str, Any]:
+        from runtime.answer_eval import exact_match
+
+        return exact_match(self.model_parts[0], self.tokenizer, self.config.eval_rows,
+                           max_len=self.config.training.seq_len, chat=True, device=self.device)
+
+    # ------------------------------------------------------------------ the rollout side
+
+    def hf_weights(self) -> dict[str, torch.Tensor]:
+        """The current weights under Hugging Face names: gathered whole on CPU (the trainer's parameters may be
+        DTensors even in one process) into a plain model, then named by the export's adapter."""
+        from runtime.hf_export import hf_state_dict
+        from runtime.model_factory import build_model
+
+        if self._export_model is None:
+            self._export_model = build_model(self.spec, device="cpu")
+        self._export_model.load_state_dict(self.full_state_dict())
+        return hf_state_dict(self._export_model, self.spec)
+
+    def decode(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode([t for t in tokens if t != self.eos_id]))
+
+    def score(self, index: int, texts: Sequence[str], rows: Sequence[Mapping[str, Any]]
+              ) -> list[tuple[float, dict[str, float]]]:
+        if self.random_reward:
+            scored = self.rewards.score_batch(texts, rows, step=index)
+        else:
+            scored = self.rewards.score_batch(texts, rows)
+        return [(total, {name: float(r.value) for name, r in parts.items()}) for total, parts in scored]
+
+    def start_rollouts(self) -> None:
+        """Connect to the sidecar, make it serve the current weights, start the producer."""
+        from torchtitan.tools.logging import logger
+
+        from runtime.rollout import FilesystemWeightSync, SidecarHandle
+
+        out = Path(self.config.dump_folder)
+        version = self.step - 1  # train() has already counted the step about to run
+        self.handle = SidecarHandle.connect(self.config.sidecar_dir, trainer_dir=out, wait=self.config.connect_wait_s)
+        sync = FilesystemWeightSync(self.handle, out / "rollout-weights")
+        if self.handle.client.weight_version() != version or version > 0:
+            sync.push(self.hf_weights(), version)  # a resumed job: the sidecar serves the restored weights
+        settings = LoopSettings(group_size=int(self.grpo["group_size"]), max_tokens=int(self.grpo["max_response_tokens"]),
+                                temperature=float(self.grpo.get("temperature", 1.0)),
+                                max_staleness=int(self.async_cfg.get("max_staleness", 0)),
+                                inflight_updates=bool(self.async_cfg.get("inflight_updates", False)),
+                                stop_token_ids=(self.eos_id,))
+        prompts_per_step = int(self.grpo["prompts_per_step"])
+        self.loop = AsyncRollouts(self.handle, sync, settings,
+                                  prompts=lambda k: self.dataset.batch(k, prompts_per_step),
+                                  score=self.score, decode=self.decode, start_batch=self.rl_next_batch,
+                                  version=version, log=logger.info).start()
+        logger.info(f"rollouts: sidecar {self.handle.info['url']} serving version {version}, batches from "
+                    f"{self.rl_next_batch}, max staleness {settings.max_staleness}")
+
+    def stop_rollouts(self, reason: str = "training finished") -> None:
+        if self.loop is not None:
+            self.loop.stop()
+        if self.handle is not None:
+            self.handle.stop(reason)
+
+    def train(self) -> None:
+        try:
+            super().train()
+        finally:
+            self.stop_rollouts()
+
+    # ------------------------------------------------------------------ one RL step
+
+    def train_step(self, data_iterator: Any) -> None:
+        from torchtitan.tools.logging import logger
+
+        if self.loop is None:
+            self.start_rollouts()
+        assert self.loop is not None
+        started = time.perf_counter()
+        version = self.step - 1
+        stats = RLStats()
+        batch = self.loop.take(version)
+        while not batch.groups:  # every sample too stale: nothing to train on
+            stats.dropped += batch.dropped
+            self.loop.release()
+            batch = self.loop.take(version)
+        self.rl_next_batch = self.loop.next_take
+        waited = time.perf_counter() - started
+        stats.add_rollouts(batch)
+        self.learn(batch, stats)
+        self.lr_schedulers.step()
+        trained = time.perf_counter() - started - waited
+        push = self.loop.push(self.hf_weights(), self.step)
+        metrics = {"step": self.step, "batch": batch.index, "lr": self.lr_schedulers.schedulers[0].get_last_lr()[0],
+                   **stats.metrics(), "time_wait_s": waited, "time_train_s": trained, "time_push_s": push["seconds"],
+                   "time_step_s": time.perf_counter() - started, "generate_s": batch.generate_s,
+                   "sidecar_restarts": self.loop.restarts, "batch_attempts": batch.attempts}
+        self.last_metrics = metrics
+        self.step_log.append(metrics)
+        if self.metrics_writer is not None:
+            self.metrics_writer.write(metrics)
+        logger.info(f"rl step {self.step}: reward {metrics['reward_mean']:.3f} loss {metrics['loss']:.4f} "
+                    f"len {metrics['response_len_mean']:.1f} zero-var {stats.zero_variance_groups}/{stats.groups} "
+                    f"stale {metrics['staleness_hist']} wait {waited:.2f}s train {trained:.2f}s")
+
+    def samples_with_advantages(self, batch: RolloutBatch, stats: RLStats) -> list[tuple[Rollout, float]]:
+        keep_all = self.reference is not None
+        out = []
+        for group in batch.groups:
+            stats.groups += 1
+            if len(group) < 2:  # the rest of its group was dropped as stale: no baseline
+                adv, zero = torch.zeros(1, len(group)), torch.tensor([True])
+            else:
+                adv, zero = group_advantages(torch.tensor([[r.reward for r in group]]))
+            if bool(zero[0]):
+                stats.zero_variance_groups += 1
+                if not keep_all:
+                    continue
+            out.extend((r, float(a)) for r, a in zip(group, adv[0].tolist()))
+        return out
+
+    @torch.no_grad()
+    def logprobs_of(self, model: torch.nn.Module, rows: Rows) -> torch.Tensor:
+        temperature = float(self.grpo.get("temperature", 1.0))
+        out = torch.zeros(rows.targets.shape, dtype=torch.float32)
+        micro = self.config.training.local_batch_size
+        for start in range(0, len(rows.inputs), micro):
+            part = slice(start, start + micro)
+            logits = forward_logits(model, rows.inputs[part].to(self.device))
+            out[part] = token_logprobs(logits, rows.targets[part].to(logits.device), temperature).cpu()
+        return out
+
+    def learn(self, batch: RolloutBatch, stats: RLStats) -> None:
+        samples = self.samples_with_advantages(batch, stats)
+        if not samples:
+            return  # no signal this step: no update (the weights are pushed unchanged)
+        model = self.model_parts[0]
+        rows = build_rows(samples, self.pad_id)
+        corr_cfg = self.async_cfg.get("correction") or {"kind": "none"}
+        kind, level = corr_cfg.get("kind", "none"), corr_cfg.get("level", "token")
+        cap, low = float(corr_cfg.get("cap", 2.0)), float(corr_cfg.get("low", 0.0))
+        recompute = self.async_cfg.get("logprobs", "recompute") == "recompute"
+        old = weights = None
+        if recompute:
+            old = self.logprobs_of(model, rows)
+            c = correction(old, rows.sidecar, rows.mask, kind=kind, level=level, cap=cap, low=low)
+            weights = c.weights
+            stats.add_correction(c.rho, c.truncated, c.masked, rows.sidecar - old, rows.mask)
+        ref = self.logprobs_of(self.reference, rows) if self.reference is not None else None
+        temperature = float(self.grpo.get("temperature", 1.0))
+        micro = self.config.training.local_batch_size
+        n = len(samples)
+        per_update = -(-n // self.mini_batches)
+        for first in range(0, n, per_update):
+            mini = slice(first, min(n, first + per_update))
+            n_tokens = max(int(rows.mask[mini].sum()), 1)
+            self.optimizers.zero_grad()
+            loss_total = 0.0
+            for start in range(mini.start, mini.stop, micro):
+                part = slice(start, min(mini.stop, start + micro))
+                r = select(rows, part)
+                logits = forward_logits(model, r.inputs.to(self.device))
+                logp = token_logprobs(logits, r.targets.to(logits.device), temperature)
+                mask = r.mask.to(logp.device)
+                sidecar = r.sidecar.to(logp.device)
+                if recompute:
+                    assert old is not None and weights is not None
+                    old_p, w = old[part].to(logp.device), weights[part].to(logp.device)
+                else:  # rollout log-probs: the sidecar's are the behaviour policy
+                    old_p = sidecar
+                    c = correction(logp.detach(), sidecar, mask, kind="mis" if kind == "mis" else "none",
+                                   level=level, cap=cap, low=low)
+                    w = c.weights
+                    if first == 0:
+                        stats.add_correction(c.rho, c.truncated, c.masked, sidecar - logp.detach(), mask)
+                loss_sum, parts = grpo_token_loss(
+                    logp, old_p, r.adv.to(logp.device), mask, w, clip_low=float(self.grpo["clip_low"]),
+                    clip_high=float(self.grpo["clip_high"]), kl_coef=float(self.grpo.get("kl_coef", 0.0)),
+                    ref_logp=None if ref is None else ref[part].to(logp.device))
+                loss = loss_sum / n_tokens
+                loss.backward()
+                loss_total += float(loss.detach())
+                stats.clipped += int(parts["clipped"].sum())
+                stats.kl_ref_sum += float((parts["kl"] * mask).sum())
+            stats.tokens += int(rows.mask[mini].sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.training.max_norm)
+            self.optimizers.step()
+            stats.loss_sum += loss_total
+            stats.updates += 1
+            stats.grad_norm = float(grad_norm)

