@@ -35,6 +35,7 @@ class ResolvedSuite:
     spec: BpbSuite | LmEvalSuite
     config: dict[str, Any]  # the suite as the eval job reads it (chat_template filled in per model)
     metrics: list[str]
+    broken: bool = False  # a task of it could not be read (already reported): its metrics are not checked
 
 
 def eval_job_id(model_job: str) -> str:
@@ -61,8 +62,10 @@ def _bpb_sets(ctx: PlanContext, suite: BpbSuite, at: tuple) -> dict[str, dict[st
     return dict(sorted(sets.items()))
 
 
-def _lm_eval_tasks(ctx: PlanContext, suite: LmEvalSuite, at: tuple) -> list[TaskInfo]:
+def _lm_eval_tasks(ctx: PlanContext, suite: LmEvalSuite, at: tuple) -> tuple[list[TaskInfo], bool]:
+    """The suite's tasks, and whether one could not be read (reported here)."""
     tasks: list[TaskInfo] = []
+    broken = False
     for i, task in enumerate(suite.tasks):
         if not is_task_file(task):
             metrics = suite.metrics.get(task) or KNOWN_TASK_METRICS.get(task)
@@ -77,11 +80,13 @@ def _lm_eval_tasks(ctx: PlanContext, suite: LmEvalSuite, at: tuple) -> list[Task
         path = (written_in / task).resolve()
         if not path.is_file():
             ctx.error((*at, "tasks", i), f"task file {task} not found (looked for {path})")
+            broken = True
             continue
         try:
             info = read_task_file(path, task)
         except TaskFileError as exc:
             ctx.diagnostics.append(exc.diagnostic)
+            broken = True
             continue
         tasks.append(TaskInfo(info.name, info.metrics, os.path.relpath(path, _recipe_dir(ctx)), info.sha256))
     for name in suite.metrics:
@@ -92,7 +97,7 @@ def _lm_eval_tasks(ctx: PlanContext, suite: LmEvalSuite, at: tuple) -> list[Task
         if info.name in seen or info.name == "macro":
             ctx.error((*at, "tasks", i), f"task name '{info.name}' is {'reserved (the macro average)' if info.name == 'macro' else 'listed twice'}")
         seen.add(info.name)
-    return tasks
+    return tasks, broken
 
 
 def _macro(tasks: list[TaskInfo]) -> list[str]:
@@ -112,18 +117,20 @@ def resolve_suites(ctx: PlanContext, evals: EvalsSpec) -> dict[str, ResolvedSuit
             sets = _bpb_sets(ctx, suite, at)
             config = {"kind": "bpb", "limit": suite.limit, "sets": sets}
             metrics = [f"{name}/{s}/bpb" for s in sets]
+            broken = False
         else:
-            tasks = _lm_eval_tasks(ctx, suite, at)
+            tasks, broken = _lm_eval_tasks(ctx, suite, at)
             config = {"kind": "lm_eval", "limit": suite.limit, "num_fewshot": suite.num_fewshot,
                       "tasks": [{"name": t.name, "file": t.file, "sha256": t.sha256} for t in tasks]}
             metrics = [f"{name}/{t.name}/{m}" for t in tasks for m in t.metrics]
             metrics += [f"{name}/macro/{m}" for m in _macro(tasks)]
-        out[name] = ResolvedSuite(name, suite, config, sorted(metrics))
+        out[name] = ResolvedSuite(name, suite, config, sorted(metrics), broken)
     return out
 
 
-def _check_metric(ctx: PlanContext, metric: str, known: list[str], at: tuple, what: str) -> bool:
-    if metric in known:
+def _check_metric(ctx: PlanContext, metric: str, known: list[str], at: tuple, what: str,
+                  broken: set[str] = frozenset()) -> bool:
+    if metric in known or metric.split("/")[0] in broken:  # a broken suite's task error is the one to fix
         return True
     hint = did_you_mean(metric, known)
     suites = sorted({m.split("/")[0] for m in known})
@@ -227,8 +234,9 @@ def _proxy_eval_job(ctx: PlanContext, evals: EvalsSpec, suites: dict[str, Resolv
     names = _proxy_suites(ctx, evals, suites, search)
     chosen = [suites[n] for n in names]
     known = sorted(m for s in chosen for m in s.metrics)
+    broken = {s.name for s in suites.values() if s.broken}
     for i, term in enumerate(search.objective):
-        _check_metric(ctx, term.metric, known, ("data", "mix", "objective", i, "metric"), "the proxies' objective")
+        _check_metric(ctx, term.metric, known, ("data", "mix", "objective", i, "metric"), "the proxies' objective", broken)
     swarm = next(j for j in ctx.jobs if j.id == SWARM_JOB)
     proxy = search.proxy.model
     ref = {"job": SWARM_JOB, "format": "base", "max_model_len": proxy.max_seq_len, "proxies": True}
@@ -261,7 +269,9 @@ def build_eval_jobs(ctx: PlanContext) -> None:
         _proxy_eval_job(ctx, evals, suites, mix, environment, gpus)
         produced += [m for n in _proxy_suites(ctx, evals, suites, mix) for m in suites[n].metrics]
     every = sorted({m for s in suites.values() for m in s.metrics})
+    broken = {s.name for s in suites.values() if s.broken}
     for i, metric in enumerate(evals.report):
-        if _check_metric(ctx, metric, every, ("evals", "report", i), "the report's") and metric not in produced:
+        if _check_metric(ctx, metric, every, ("evals", "report", i), "the report's", broken) and metric not in produced \
+                and metric.split("/")[0] not in broken:
             ctx.warn(("evals", "report", i), f"'{metric}' is defined but no eval job runs its suite")
     ctx.plan_extras["evals"] = {"metrics": every, "report": list(evals.report)}

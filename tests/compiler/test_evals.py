@@ -42,7 +42,7 @@ def tiny_dir(tmp_path: Path) -> Path:
 
 def test_every_stage_gets_an_eval_job_for_each_model_it_makes(tmp_path: Path) -> None:
     plan = jobs(compile_plan(TINY, tmp_path / "out"))
-    evals = {job_id: job for job_id, job in plan.items() if job["kind"] == "eval"}
+    evals = {job_id: job for job_id, job in plan.items() if job["kind"] == "eval" and not job["config"]["model"]["proxies"]}
     assert set(evals) == {f"eval-{j}" for j in ("pretrain", "midtrain", "long-context", "sft", "dpo", "rlvr", "rlvr-random-reward")}
     for job_id, job in evals.items():
         evaluated = job_id.removeprefix("eval-")
@@ -55,13 +55,14 @@ def test_every_stage_gets_an_eval_job_for_each_model_it_makes(tmp_path: Path) ->
 def test_base_models_get_base_suites_and_chat_models_chat_suites(tmp_path: Path) -> None:
     plan = jobs(compile_plan(TINY, tmp_path / "out"))
     pretrain, sft = plan["eval-pretrain"]["config"], plan["eval-sft"]["config"]
-    assert sorted(pretrain["suites"]) == ["base", "toy"] and pretrain["model"]["format"] == "base"
+    assert sorted(pretrain["suites"]) == ["gen", "mc", "toy"] and pretrain["model"]["format"] == "base"
     assert sorted(sft["suites"]) == ["chat", "toy"] and sft["model"]["format"] == "chat"
     assert sft["suites"]["chat"]["chat_template"] is True
-    assert pretrain["suites"]["base"]["chat_template"] is False
+    assert pretrain["suites"]["mc"]["chat_template"] is False
     assert pretrain["model"]["max_model_len"] == 256 and sft["model"]["max_model_len"] == 512  # after long-context
-    assert "toy/text/bpb" in pretrain["metrics"] and "base/toy_arith/exact_match" in pretrain["metrics"]
-    assert "base/macro/acc" in pretrain["metrics"]  # toy_arith_mc and toy_pairs both report acc
+    assert "toy/text/bpb" in pretrain["metrics"] and "gen/toy_arith/exact_match" in pretrain["metrics"]
+    assert "mc/macro/acc" in pretrain["metrics"]  # toy_arith_mc and toy_pairs both report acc
+    assert not any(m.startswith("gen/macro/") for m in pretrain["metrics"])  # one task: no average
     assert "chat/toy_pairs_chat/acc_norm" in sft["metrics"]  # metric_list from the included toy_pairs.yaml
 
 
@@ -78,25 +79,30 @@ def test_bpb_suite_over_data_sources_reads_their_eval_split(tmp_path: Path) -> N
 ])
 def test_when_picks_the_stages(tmp_path: Path, when: str, expected: set[str]) -> None:
     plan = jobs(compile_plan(TINY, tmp_path / "out", f"evals.when={when}"))
-    assert {j for j, job in plan.items() if job["kind"] == "eval"} == expected
+    assert {j for j, job in plan.items() if job["kind"] == "eval" and j != "mix-swarm-eval"} == expected
 
 
 def test_a_stage_list_overrides_when(tmp_path: Path) -> None:
     plan = jobs(compile_plan(TINY, tmp_path / "out", "evals.when=none", "stages.sft.evals=[toy]"))
-    assert [j for j, job in plan.items() if job["kind"] == "eval"] == ["eval-sft"]
+    assert [j for j, job in plan.items() if job["kind"] == "eval" and j != "mix-swarm-eval"] == ["eval-sft"]
     assert list(plan["eval-sft"]["config"]["suites"]) == ["toy"]
 
 
 def test_editing_a_task_file_reruns_only_the_evals_that_use_it(tiny_dir: Path, tmp_path: Path) -> None:
     recipe = tiny_dir / TINY.name
     before = jobs(compile_plan(recipe, tmp_path / "a"))
-    chat_task = tiny_dir / "evals" / "toy_pairs.yaml"  # included by toy_pairs_chat.yaml
-    chat_task.write_text(chat_task.read_text(encoding="utf-8").replace("version: 1.0", "version: 2.0"), encoding="utf-8")
+    chat_task = tiny_dir / "evals" / "toy_arith_chat.yaml"  # the chat suite's only
+    chat_task.write_text(chat_task.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
     after = jobs(compile_plan(recipe, tmp_path / "b"))
     changed = {j for j in before if before[j]["hash"] != after[j]["hash"]}
-    assert changed == {"eval-pretrain", "eval-midtrain", "eval-long-context", "eval-sft", "eval-dpo", "eval-rlvr",
-                       "eval-rlvr-random-reward"}  # base suite has toy_pairs, chat suite includes it
-    assert after["pretrain"]["hash"] == before["pretrain"]["hash"]
+    assert changed == {"eval-sft", "eval-dpo", "eval-rlvr", "eval-rlvr-random-reward"}
+    # a task file the proxies' evals read (toy_pairs.yaml, in mc; included by chat's toy_pairs_chat.yaml) moves
+    # the fit, the solve and every stage trained on the solved mix
+    base_task = tiny_dir / "evals" / "toy_pairs.yaml"
+    base_task.write_text(base_task.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
+    again = jobs(compile_plan(recipe, tmp_path / "c"))
+    assert {"mix-swarm-eval", "mix-fit", "mix-solve", "pretrain"} <= {j for j in after if after[j]["hash"] != again[j]["hash"]}
+    assert again["mix-swarm"]["hash"] == before["mix-swarm"]["hash"]
 
 
 def test_the_swarm_proxies_are_evaluated_and_the_fit_reads_them(tmp_path: Path, tiny_full_text: str) -> None:
@@ -144,13 +150,13 @@ def test_objective_metric_of_a_suite_the_proxies_do_not_run(tmp_path: Path, tiny
 
 def test_report_metric_must_exist(tmp_path: Path, tiny_dir: Path) -> None:
     recipe = tiny_dir / TINY.name
-    text = edit(recipe.read_text(encoding="utf-8"), "chat/toy_pairs_chat/acc]", "chat/toy_pairs_chat/accuracy]")
+    text = edit(recipe.read_text(encoding="utf-8"), "chat/toy_arith_chat/exact_match]", "chat/toy_arith_chat/exact_matc]")
     recipe.write_text(text, encoding="utf-8")
     out = tmp_path / "out"
     lines = check_failed(run_main(["compile", recipe, "-o", out]), out)
     assert len(lines) == 1
-    assert lines[0].startswith(f"{display(recipe)}:{position(text, 'report:', 'chat/toy_pairs_chat/accuracy')}: evals.report[3]: ")
-    assert "(did you mean 'chat/toy_pairs_chat/acc'?)" in lines[0]
+    assert lines[0].startswith(f"{display(recipe)}:{position(text, 'report:', 'chat/toy_arith_chat/exact_matc')}: evals.report[4]: ")
+    assert "(did you mean 'chat/toy_arith_chat/exact_match'?)" in lines[0]
 
 
 def test_unknown_suite_in_a_stage(tmp_path: Path, tiny_dir: Path) -> None:
@@ -178,8 +184,8 @@ def test_missing_task_file_points_at_the_recipe_entry(tmp_path: Path, tiny_dir: 
     out = tmp_path / "out"
     lines = check_failed(run_main(["compile", recipe, "-o", out]), out)
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"{display(recipe)}:{position(text, 'tasks: [evals/toy_arith.yaml', 'evals/toy_arith_mc.yaml')}: "
-                               "evals.suites.base.tasks[1]: task file evals/toy_arith_mc.yaml not found")
+    assert lines[0].startswith(f"{display(recipe)}:{position(text, 'tasks: [evals/toy_arith_mc.yaml', 'evals/toy_arith_mc.yaml')}: "
+                               "evals.suites.mc.tasks[0]: task file evals/toy_arith_mc.yaml not found")
 
 
 def test_yaml_error_in_a_task_file_is_located_in_that_file(tmp_path: Path, tiny_dir: Path) -> None:

@@ -30,7 +30,8 @@ TRAINING_JOBS = ["pretrain", "midtrain", "long-context", "sft", "dpo"]
 SHORT = ["stages.pretrain.tokens=150000", "stages.pretrain.checkpoint_every=20",
          "stages.midtrain.tokens=40000", "stages.long-context.tokens=40000",
          "stages.sft.steps=25", "stages.dpo.steps=8", "stages.dpo.lr=1e-4",
-         "evals.when=none", "stages.pretrain.evals=[toy, base]", "stages.sft.evals=[chat]"]
+         "data.mix.swarm_size=8", "data.mix.proxy.tokens=20000",
+         "evals.when=none", "stages.pretrain.evals=[toy, mc, gen]", "stages.sft.evals=[chat]"]
 RL_JOBS = {"rlvr", "rlvr-rollout", "rlvr-random-reward", "rlvr-random-reward-rollout"}
 
 
@@ -94,6 +95,18 @@ def eval_metrics(jobs: dict[str, Any], job_id: str) -> dict[str, float]:
     return metrics
 
 
+def check_regmix(jobs: dict[str, Any], proxies: int) -> dict[str, Any]:
+    """The swarm trained and evaluated every proxy, the fit and solve wrote mix.json, and pretraining read it."""
+    for job_id in ("mix-swarm", "mix-swarm-eval", "mix-fit", "mix-solve"):
+        assert jobs[job_id]["state"] == "done", (job_id, jobs[job_id])
+    swarm_eval = Path(jobs["mix-swarm-eval"]["output_dir"])
+    assert len(list(swarm_eval.glob("proxy-*/metrics.json"))) == proxies
+    mix = json.loads((Path(jobs["mix-solve"]["output_dir"]) / "mix.json").read_text())
+    assert math.isclose(sum(mix["weights"].values()), 1.0, abs_tol=1e-6)
+    assert mix["weights"]["text"] >= 0.1 - 1e-9  # the recipe's min_weight
+    return mix
+
+
 def recipe_report(root: Path) -> str:
     result = subprocess.run([sys.executable, "-m", "compiler.cli", "report", "tiny-think", "--runs", str(root / "runs")],
                             cwd=REPO, text=True, capture_output=True, timeout=120)
@@ -106,10 +119,11 @@ def test_shortened_tiny_pipeline(tmp_path: Path) -> None:
     result = launch(recipe, tmp_path, SHORT, timeout=900)
     jobs = check_common(tmp_path, result)
     base, chat = eval_metrics(jobs, "eval-pretrain"), eval_metrics(jobs, "eval-sft")
-    assert "base/toy_arith/exact_match" in base and "chat/toy_arith_chat/exact_match" in chat
+    assert "gen/toy_arith/exact_match" in base and "chat/toy_arith_chat/exact_match" in chat
     assert not any(j.startswith("eval-") for j in jobs if j not in ("eval-pretrain", "eval-sft"))
+    check_regmix(jobs, proxies=8)
     text = recipe_report(tmp_path)
-    assert "headline metrics" in text and "base/toy_arith/exact_match" in text
+    assert "headline metrics" in text and "gen/toy_arith/exact_match" in text and "mix/objective" in text
     pretrain = losses(jobs["pretrain"])
     assert pretrain[-1] < pretrain[0] - 3  # from ~ln(1024) = 6.9
     dpo = losses(jobs["dpo"])
@@ -130,6 +144,9 @@ def test_full_tiny_pipeline(tmp_path: Path) -> None:
     accuracy = {j: jobs[j]["eval"]["arith_exact_match"]["accuracy"] for j in TRAINING_JOBS}
     assert accuracy["sft"] > accuracy["pretrain"], accuracy
     assert jobs["dpo"]["eval"]["held_out_pairs"]["reward_accuracy"] > 0.5
+    mix = check_regmix(jobs, proxies=24)
+    fit = json.loads((Path(jobs["mix-fit"]["output_dir"]) / "fit.json").read_text())
+    print(json.dumps({"mix": mix["weights"], "fit": {k: v for k, v in fit.items() if k != "metrics"}}, default=str)[:2000])
     lm_eval = {j: eval_metrics(jobs, f"eval-{j}") for j in TRAINING_JOBS}
     assert lm_eval["sft"]["chat/toy_arith_chat/exact_match"] > lm_eval["pretrain"]["base/toy_arith/exact_match"]
     text = recipe_report(tmp_path)
