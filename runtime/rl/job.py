@@ -87,5 +87,5 @@ def rl_summary(trainer: Any) -> dict[str, Any]:
             two_span_samples=sum(m["two_span_samples"] for m in log),
             seconds=sum(m["time_step_s"] for m in log))
     if loop is not None:
-        summary.update(sidecar_restarts=loop.restarts, **loop.idle_fractions())
+        summary.update(sidecar_restarts=loop.restarts, **trainer.loop_times)
     return summary

@@ -215,7 +215,8 @@ class AsyncRollouts:
         rows = [row for _, row in items for _ in range(s.group_size)]
         texts = [self.decode(sample.token_ids) for group in groups for sample in group]
         scored = self.score(index, texts, rows)
-        out, k = [], 0
+        out: list[list[Rollout]] = []
+        k = 0
         for (tokens, row), group in zip(items, groups):
             out.append([])
             for sample in group:

@@ -26,6 +26,7 @@ Entry: `runtime.rl:run_trainer` (runtime/rl/job.py). Test: `python -m pytest tes
 from __future__ import annotations
 
 import copy
+import os
 import random
 import time
 from collections import Counter
@@ -141,6 +142,9 @@ class RLStats:
     updates: int = 0
     grad_norm: float = 0.0
     two_span_samples: int = 0
+    fresh_diff_sum: float = 0.0  # |trainer - sidecar| log-prob over tokens sampled by the very weights trained on
+    fresh_diff_max: float = 0.0
+    fresh_tokens: int = 0
 
     def add_rollouts(self, batch: RolloutBatch) -> None:
         for r in batch.rollouts:
@@ -152,6 +156,14 @@ class RLStats:
             self.two_span_samples += len({s.version for s in r.sample.versions}) > 1
         self.dropped += batch.dropped
         self.staleness.update(batch.staleness)
+
+    def add_fresh_diff(self, trainer: torch.Tensor, sidecar: torch.Tensor, mask: torch.Tensor) -> None:
+        """|trainer - sidecar| on tokens whose sampling weights are the trainer's (identical weights)."""
+        if mask.any():
+            diff = (trainer - sidecar)[mask].abs().double()
+            self.fresh_diff_sum += float(diff.sum())
+            self.fresh_diff_max = max(self.fresh_diff_max, float(diff.max()))
+            self.fresh_tokens += int(mask.sum())
 
     def add_correction(self, rho: torch.Tensor, truncated: torch.Tensor, masked: torch.Tensor,
                        kl_sidecar: torch.Tensor, mask: torch.Tensor) -> None:
@@ -187,6 +199,8 @@ class RLStats:
             "clip_frac": self.clipped / max(self.tokens, 1), "kl_ref": self.kl_ref_sum / max(self.tokens, 1),
             "loss": self.loss_sum / max(self.updates, 1) if self.updates else 0.0,
             "updates": self.updates, "grad_norm": self.grad_norm, "two_span_samples": self.two_span_samples,
+            "logprob_diff_fresh_mean": self.fresh_diff_sum / self.fresh_tokens if self.fresh_tokens else None,
+            "logprob_diff_fresh_max": self.fresh_diff_max if self.fresh_tokens else None,
         }
 
 
@@ -250,6 +264,10 @@ class GRPOTrainer(RecipeTrainer):
         from runtime.rewards import RandomRewards, Rewards
         from spec.model import ModelSpec
 
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            # the sidecar's vLLM shares these cores: half each (measured on 2 busy cores: a step's forward/backward
+            # takes ~1 s with one thread, 5-15 s with two threads fighting vLLM's)
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
         rl = config.rl
         self.grpo, self.async_cfg = rl["grpo"], rl["async"]
         self.spec = ModelSpec(**config.model_json)
@@ -267,6 +285,7 @@ class GRPOTrainer(RecipeTrainer):
         self.loop: AsyncRollouts | None = None
         self.handle: Any = None
         self._export_model: torch.nn.Module | None = None
+        self.loop_times: dict[str, float] = {}
         self.step_log: list[dict[str, Any]] = []
         self.arith_before = self.exact_match() if config.eval_rows else None
 
@@ -367,10 +386,11 @@ class GRPOTrainer(RecipeTrainer):
         self.rl_next_batch = self.loop.next_take
         waited = time.perf_counter() - started
         stats.add_rollouts(batch)
-        self.learn(batch, stats)
+        self.learn(batch, stats, version)
         self.lr_schedulers.step()
         trained = time.perf_counter() - started - waited
         push = self.loop.push(self.hf_weights(), self.step)
+        self.loop_times = self.loop.idle_fractions()  # as of the end of this step (not of the eval after training)
         metrics = {"step": self.step, "batch": batch.index, "lr": self.lr_schedulers.schedulers[0].get_last_lr()[0],
                    **stats.metrics(), "time_wait_s": waited, "time_train_s": trained, "time_push_s": push["seconds"],
                    "time_step_s": time.perf_counter() - started, "generate_s": batch.generate_s,
@@ -385,7 +405,7 @@ class GRPOTrainer(RecipeTrainer):
 
     def samples_with_advantages(self, batch: RolloutBatch, stats: RLStats) -> list[tuple[Rollout, float]]:
         keep_all = self.reference is not None
-        out = []
+        out: list[tuple[Rollout, float]] = []
         for group in batch.groups:
             stats.groups += 1
             if len(group) < 2:  # the rest of its group was dropped as stale: no baseline
@@ -410,7 +430,7 @@ class GRPOTrainer(RecipeTrainer):
             out[part] = token_logprobs(logits, rows.targets[part].to(logits.device), temperature).cpu()
         return out
 
-    def learn(self, batch: RolloutBatch, stats: RLStats) -> None:
+    def learn(self, batch: RolloutBatch, stats: RLStats, version: int) -> None:
         samples = self.samples_with_advantages(batch, stats)
         if not samples:
             return  # no signal this step: no update (the weights are pushed unchanged)
@@ -426,6 +446,8 @@ class GRPOTrainer(RecipeTrainer):
             c = correction(old, rows.sidecar, rows.mask, kind=kind, level=level, cap=cap, low=low)
             weights = c.weights
             stats.add_correction(c.rho, c.truncated, c.masked, rows.sidecar - old, rows.mask)
+            fresh = torch.tensor([r.min_version == r.sample.max_version == version for r, _ in samples])
+            stats.add_fresh_diff(old, rows.sidecar, rows.mask & fresh[:, None])
         ref = self.logprobs_of(self.reference, rows) if self.reference is not None else None
         temperature = float(self.grpo.get("temperature", 1.0))
         micro = self.config.training.local_batch_size
