@@ -42,11 +42,12 @@ import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+from runtime.outputs import atomic_write_text  # noqa: E402  (standard library only: safe in the inference env)
 
 EXIT_FAILED, EXIT_TASK = 1, 2
 
@@ -62,20 +63,6 @@ class HarnessError(Exception):
 def one_line(exc: BaseException) -> str:
     text = re.sub(r"\s+", " ", str(exc)).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_default(obj: Any) -> Any:
@@ -178,7 +165,7 @@ class EngineWatch:
             dead = sorted(pid for pid in self.pids if not _alive(pid))
             if dead and not self.stopped.is_set():
                 line = f"{self.backend} backend failed: its engine process {dead[0]} died mid-run"
-                _atomic_write(self.error_file, line + "\n")
+                atomic_write_text(self.error_file, line + "\n")
                 print(f"harness: {line}", file=sys.stderr, flush=True)
                 os._exit(EXIT_FAILED)
 
@@ -255,8 +242,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     samples = results.pop("samples", {}) or {}
     for task, rows in samples.items():
         text = "".join(json.dumps(row, default=_json_default, ensure_ascii=False) + "\n" for row in rows)
-        _atomic_write(out / f"samples_{task}.jsonl", text)
-    _atomic_write(out / "results.json", json.dumps(results, indent=1, default=_json_default) + "\n")
+        atomic_write_text(out / f"samples_{task}.jsonl", text)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1, default=_json_default) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,14 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(results, Path(spec["output_dir"]))
         print(f"harness: done in {time.time() - started:.1f} s", flush=True)
     except HarnessError as exc:
-        _atomic_write(error_file, str(exc) + "\n")
+        atomic_write_text(error_file, str(exc) + "\n")
         print(f"harness: {exc}", file=sys.stderr, flush=True)
         return _exit_now(exc.code)
     except Exception as exc:  # noqa: BLE001 - a backend that dies mid-run: one line for the job's failure
         import traceback
 
         traceback.print_exc()
-        _atomic_write(error_file, f"{spec['backend']} backend failed: {one_line(exc)}\n")
+        atomic_write_text(error_file, f"{spec['backend']} backend failed: {one_line(exc)}\n")
         return _exit_now(EXIT_FAILED)
     return 0
 

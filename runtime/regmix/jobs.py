@@ -81,16 +81,26 @@ def write_fit(fit: Any, out: Path, extra: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def run_fit(job: dict[str, Any]) -> None:
-    import numpy as np
-
-    from runtime.outputs import input_dir, output_dir, read_done, write_done
-    from runtime.regmix.fit import FitSettings, fit_swarm
-    from runtime.regmix.objective import Objective
+def _output_unless_done(job: dict[str, Any]) -> Path | None:
+    """The job's output folder, or None (said on stdout) when its DONE.json shows it already ran."""
+    from runtime.outputs import output_dir, read_done
 
     out = output_dir(job)
     if read_done(out) is not None:
         print(f"{job['id']}: already done ({out / 'DONE.json'})")
+        return None
+    return out
+
+
+def run_fit(job: dict[str, Any]) -> None:
+    import numpy as np
+
+    from runtime.outputs import input_dir, write_done
+    from runtime.regmix.fit import FitSettings, fit_swarm
+    from runtime.regmix.objective import Objective
+
+    out = _output_unless_done(job)
+    if out is None:
         return
     started = time.time()
     config = job["config"]
@@ -122,15 +132,14 @@ def run_fit(job: dict[str, Any]) -> None:
 
 
 def run_solve(job: dict[str, Any]) -> None:
-    from runtime.outputs import atomic_write_json, atomic_write_text, input_dir, output_dir, read_done, write_done
+    from runtime.outputs import atomic_write_json, atomic_write_text, input_dir, write_done
     from runtime.regmix.fit import load_fit
     from runtime.regmix.plots import mix_plot
     from runtime.regmix.sampling import Sampler, rng_for
     from runtime.regmix.solve import solve
 
-    out = output_dir(job)
-    if read_done(out) is not None:
-        print(f"{job['id']}: already done ({out / 'DONE.json'})")
+    out = _output_unless_done(job)
+    if out is None:
         return
     started = time.time()
     config = job["config"]

@@ -15,14 +15,12 @@ matplotlib imported only there). Test: `python -m pytest tests/runtime/test_repo
 """
 from __future__ import annotations
 
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from runtime.outputs import atomic_write_text
+from runtime.outputs import atomic_write_bytes, atomic_write_text
 from runtime.report.collect import ReportError, RunResult, add_objective, load_run, select_metrics
 from runtime.report.text import labels, markdown, metric_union, plain_text
 
@@ -35,20 +33,6 @@ def default_out(run: RunResult, other: RunResult | None) -> Path:
         return run.run_dir / "report"
     name = other.run_dir.name if other.run_dir.name != run.run_dir.name else f"{other.run_dir.parent.name}-{other.run_dir.name}"
     return run.run_dir / ("report-vs-" + re.sub(r"[^A-Za-z0-9._-]", "_", name))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_markdown(runs: Sequence[RunResult], names: Sequence[str], out: Path) -> tuple[Path, int]:
@@ -64,7 +48,7 @@ def write_markdown(runs: Sequence[RunResult], names: Sequence[str], out: Path) -
     text = markdown(runs, names, links)
     try:
         for name, data in pngs.items():
-            _atomic_write_bytes(out / "charts" / name, data)
+            atomic_write_bytes(out / "charts" / name, data)
         return atomic_write_text(out / "report.md", text), len(pngs)
     except OSError as exc:
         raise ReportError(f"cannot write the report to {out}: {exc.strerror or exc}") from None

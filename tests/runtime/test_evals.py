@@ -87,8 +87,8 @@ SUITES: dict[str, Any] = {
 }
 METRICS = sorted([f"toy/{s}/bpb" for s in SOURCES] + [
     "tasks/toy_arith/exact_match", "tasks/toy_pairs/acc", "tasks/toy_pairs/acc_norm", "tasks/toy_arith_mc/acc",
-    "tasks/macro/acc", "tasks/macro/acc_norm", "tasks/macro/exact_match",
-    "chat/toy_arith_chat/exact_match", "chat/macro/exact_match"])
+    "tasks/macro/acc",  # two tasks report acc: a macro average (one-task metrics get none, as the compiler plans)
+    "chat/toy_arith_chat/exact_match"])
 
 
 @pytest.fixture(scope="session")
