@@ -25,7 +25,6 @@ Entry: `runtime.rl:run_trainer` (runtime/rl/job.py). Test: `python -m pytest tes
 """
 from __future__ import annotations
 
-import copy
 import os
 import random
 import time
@@ -280,7 +279,11 @@ class GRPOTrainer(RecipeTrainer):
                              else Rewards(rl["rewards"]))
         self.reference: torch.nn.Module | None = None
         if float(self.grpo.get("kl_coef", 0.0)) > 0:
-            self.reference = copy.deepcopy(self.model_parts[0]).eval().requires_grad_(False)
+            # a plain copy of the init weights (the trainer's model is FSDP-wrapped even in one process: no deepcopy)
+            from runtime.model_factory import build_model
+
+            self.reference = build_model(self.spec, device=self.device).eval().requires_grad_(False)
+            self.reference.load_state_dict(self.full_state_dict())
         self.rl_next_batch = 0
         self.loop: AsyncRollouts | None = None
         self.handle: Any = None
