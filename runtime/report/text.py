@@ -141,6 +141,11 @@ def labels(a: RunResult, b: RunResult | None = None) -> tuple[str, ...]:
     return str(a.run_dir), str(b.run_dir)
 
 
+def _failed(result: StageResult | None) -> bool:
+    """An eval job that ran and gave no metrics (failed, or done without metrics.json): worth a row."""
+    return result is not None and result.eval_state in ("failed", "missing")
+
+
 def compare_rows(pair: Pair, metrics: Sequence[str]) -> list[list[str]]:
     rows = []
     for metric in metrics:
@@ -148,8 +153,8 @@ def compare_rows(pair: Pair, metrics: Sequence[str]) -> list[list[str]]:
             sa, sb = pair.a.stage(stage), pair.b.stage(stage)
             va = sa.value(metric) if sa else None
             vb = sb.value(metric) if sb else None
-            if va is None and vb is None and (sa is None or sa.eval_ok) and (sb is None or sb.eval_ok):
-                continue
+            if va is None and vb is None and not (_failed(sa) or _failed(sb)):
+                continue  # nothing to compare: neither side evaluated it (not planned, skipped, not run yet)
             change, verdict = delta(va, vb, metric)
             rows.append([metric, stage, cell(sa, metric, va), cell(sb, metric, vb), change, verdict])
     return rows
