@@ -116,7 +116,7 @@ def recipe_report(root: Path) -> str:
 def test_shortened_tiny_pipeline(tmp_path: Path) -> None:
     recipe = tiny_tree(tmp_path, 0.05)
     # RL runs in tests/runtime/test_rl.py (a real sidecar) and in the slow full pipeline; here it is left out
-    result = launch(recipe, tmp_path, SHORT, timeout=900, extra=["--only", "dpo", "eval-pretrain", "eval-sft"])
+    result = launch(recipe, tmp_path, SHORT, timeout=1800, extra=["--only", "dpo", "eval-pretrain", "eval-sft"])
     jobs = check_common(tmp_path, result, skipped=RL_JOBS)
     assert all("not selected" in jobs[j]["reason"] for j in RL_JOBS)
     base, chat = eval_metrics(jobs, "eval-pretrain"), eval_metrics(jobs, "eval-sft")
