@@ -19,7 +19,6 @@ Test: `python -m pytest tests/runtime/test_rl.py -q -k "advantage or clip or tis
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -121,7 +120,3 @@ def grpo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tenso
     maskf = mask.to(logp.dtype)
     return (per_token * maskf).sum(), {"ratio": ratio.detach(), "clipped": clipped & mask.bool(),
                                        "kl": kl.detach()}
-
-
-def finite_or(value: float, default: float = 0.0) -> float:
-    return value if math.isfinite(value) else default

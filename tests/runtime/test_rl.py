@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -248,14 +247,14 @@ def test_recomputed_and_sidecar_logprobs_agree_on_identical_weights(world: dict[
 
 
 def test_an_inflight_update_gives_samples_two_version_spans(world: dict[str, Any]) -> None:
-    loop, sync = make_loop(world, staleness=1, max_tokens=200, prompts_per_batch=8, group_size=4)
+    loop, sync = make_loop(world, staleness=1, max_tokens=200, prompts_per_batch=16, group_size=4)
     base = sync.latest_version
     loop.start()
     try:
         deadline = time.time() + 30
         while loop._active < 2 and time.time() < deadline:  # both batches are generating
             time.sleep(0.02)
-        time.sleep(0.2)
+        time.sleep(1.0)  # past the prefills: 2 x 64 sequences x 200 tokens take several seconds here
         loop.push(new_weights(world, seed=3), base + 1)
         first = loop.take(base, timeout=120)
         second = loop.take(base + 1, timeout=120)
@@ -306,7 +305,7 @@ def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> Non
     cfg["tokenizer"] = "toy/tokenizer"
     cfg["scale"].update(steps=3, seq_len=64)
     cfg["checkpoint_every"] = 2
-    cfg["rl"]["grpo"].update(prompts_per_step=4, group_size=4, max_response_tokens=24)
+    cfg["rl"]["grpo"].update(prompts_per_step=4, group_size=4, max_response_tokens=24, kl_coef=0.05)  # + the KL path
     cfg["rl"]["async"].update(max_staleness=1)
     cfg["rl"]["rollout_job"] = "rlvr-rollout"
     config = world["root"] / "rlvr.config.json"
@@ -322,7 +321,7 @@ def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> Non
     assert [m["step"] for m in steps] == [1, 2, 3]
     for key in ("loss", "reward_std", "reward/math", "reward/format", "response_len_max", "rho_mean", "rho_max",
                 "is_truncated_frac", "kl_sidecar_trainer", "staleness_hist", "dropped_samples",
-                "zero_variance_groups", "time_wait_s", "time_train_s"):
+                "zero_variance_groups", "time_wait_s", "time_train_s", "kl_ref", "logprob_diff_fresh_max"):
         assert key in steps[-1], key
     assert all(int(k) <= 1 for m in steps for k in m["staleness_hist"])
     done = read_done(out)
