@@ -285,7 +285,6 @@ def test_an_update_under_pause_keep_gives_two_version_spans(world: dict[str, Any
     assert handle.client.weight_version() == 2
 
 
-@pytest.mark.slow  # a second server start (~45 s); CI covers the restart through the trainer in test_rl.py
 def test_a_killed_server_is_detected_and_restarted_with_the_latest_weights(world: dict[str, Any]) -> None:
     handle: SidecarHandle = world["handle"]
     sync = FilesystemWeightSync(handle, world["weights_root"])
