@@ -111,16 +111,20 @@ def test_a_job_at_its_time_limit_is_requeued_and_finishes(slurm_cluster: dict[st
 
 
 def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
-    """The real runtime on the cluster: tiny-think's pretrain (cut short) through `--executor slurm`, with the same
-    report as the local executor; a relaunch submits nothing."""
+    """The real runtime on the cluster: tiny-think's RegMix search (8 small proxies: a Slurm array of trainings, one
+    of evals, the fit and the solve) and its pretrain (cut short) through `--executor slurm`, with the same report as
+    the local executor; a relaunch submits nothing."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
     from test_pipeline import launch as launch_tiny, report, tiny_tree
 
     recipe = tiny_tree(tmp_path, 0.02)
-    sets = ["stages.pretrain.tokens=100000", "stages.pretrain.resources.time_limit=00:10:00"]
-    result = launch_tiny(recipe, tmp_path, sets, timeout=600, extra=["--executor", "slurm", "--only", "pretrain"])
+    sets = ["stages.pretrain.tokens=100000", "stages.pretrain.resources.time_limit=00:10:00",
+            "data.mix.swarm_size=8", "data.mix.proxy.tokens=10000", "evals.suites.toy.limit=20", "evals.suites.mc.limit=20"]
+    result = launch_tiny(recipe, tmp_path, sets, timeout=1200, extra=["--executor", "slurm", "--only", "pretrain"])
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    job = report(tmp_path)["jobs"]["pretrain"]
+    jobs = report(tmp_path)["jobs"]
+    assert all(jobs[j]["state"] == "done" for j in ("mix-swarm", "mix-swarm-eval", "mix-fit", "mix-solve")), jobs
+    job = jobs["pretrain"]
     assert report(tmp_path)["executor"] == "slurm" and job["state"] == "done"
     assert job["final_loss"] < 6.0 and set(job["eval"]) >= {"arithmetic", "code", "text", "words", "arith_exact_match"}
     assert "pretrain" in result.stdout and "loss " in result.stdout  # the printed report
