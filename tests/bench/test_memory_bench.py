@@ -56,6 +56,7 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "runtime.toyworld", str(root / "data" / "toy"), "--scale", "0.02"],
                    cwd=REPO, check=True, capture_output=True)
     (root / "recipes").mkdir()
+    shutil.copytree(REPO / "recipes" / "evals", root / "recipes" / "evals")  # the recipe's eval task files
     return Path(shutil.copy(REPO / "recipes" / "tiny-think.yaml", root / "recipes" / "tiny-think.yaml"))
 
 
