@@ -192,3 +192,20 @@ def descendants(plan: dict, job_id: str) -> set[str]:
                 out.add(child)
                 todo.append(child)
     return out
+
+
+def stop_sidecar_job(proc: subprocess.Popen, trainer_dir: Path, reason: str = "test teardown") -> None:
+    """End a rollout sidecar job a test started (its own session): the trainer's stop request, then SIGKILL of its
+    process group if it has not exited within a minute."""
+    import signal
+
+    from runtime.rollout import control
+
+    if proc.poll() is not None:
+        return
+    control.request_stop(trainer_dir, reason)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from compiler.build import compile_recipe
+from conftest import stop_sidecar_job
 from runtime import environments
 from runtime.hf_export import export_hf, hf_state_dict
 from runtime.model_factory import build_model
@@ -33,7 +34,6 @@ from runtime.outputs import read_done, read_metrics
 from runtime.rl.loss import clipped_surrogate, correction, group_advantages, kl_k3, token_logprobs
 from runtime.rl.rollouts import AsyncRollouts, LoopSettings, Rollout
 from runtime.rl.trainer import RLStats, build_rows, prompt_tokens_of
-from runtime.rollout import control
 from runtime.rollout.client import Sample, VersionSpan
 from runtime.rollout.control import SidecarHandle
 from runtime.rollout.weights import FilesystemWeightSync
@@ -162,13 +162,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                "trainer_dir": trainer_dir, "dpo": dpo, "toy": toy, "root": root, "log": root / "sidecar.log",
                "trainer_job": trainer_job, "prompts": prompts, "weights_root": trainer_dir / "rollout-weights"}
     finally:
-        if proc.poll() is None:
-            control.request_stop(trainer_dir, "test teardown")
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_sidecar_job(proc, trainer_dir)
         log.close()
 
 

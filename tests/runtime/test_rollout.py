@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from compiler.build import compile_recipe
+from conftest import stop_sidecar_job
 from runtime import environments
 from runtime.hf_export import export_hf, hf_state_dict
 from runtime.model_factory import build_model
@@ -155,13 +156,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                "trainer_dir": trainer_dir, "hf": dpo / "hf", "job": job, "log": root / "sidecar.log",
                "weights_root": trainer_dir / "rollout-weights", "startup_s": startup_s, "models": {0: model}}
     finally:
-        if proc.poll() is None:
-            control.request_stop(trainer_dir, "test teardown")
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_sidecar_job(proc, trainer_dir)
         log.close()
 
 
