@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -191,6 +192,16 @@ def new_weights(world: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
     return hf_state_dict(model, world["spec"])
 
 
+def generated_tokens(handle: SidecarHandle) -> float:
+    """vLLM's `generation_tokens_total` counter from the sidecar's Prometheus endpoint."""
+    with urllib.request.urlopen(handle.client.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("vllm:generation_tokens_total")]
+    assert values, "the sidecar's /metrics has no vllm:generation_tokens_total"
+    return sum(values)
+
+
 def test_producer_keeps_staleness_within_the_bound(world: dict[str, Any]) -> None:
     loop, sync = make_loop(world, staleness=1)
     base = sync.latest_version
@@ -243,13 +254,17 @@ def test_recomputed_and_sidecar_logprobs_agree_on_identical_weights(world: dict[
 def test_an_inflight_update_gives_samples_two_version_spans(world: dict[str, Any]) -> None:
     loop, sync = make_loop(world, staleness=1, max_tokens=200, prompts_per_batch=16, group_size=4)
     base = sync.latest_version
+    weights = new_weights(world, seed=3)
+    before = generated_tokens(world["handle"])
     loop.start()
     try:
-        deadline = time.time() + 30
-        while loop._active < 2 and time.time() < deadline:  # both batches are generating
-            time.sleep(0.02)
-        time.sleep(1.0)  # past the prefills: 2 x 64 sequences x 200 tokens take several seconds here
-        loop.push(new_weights(world, seed=3), base + 1)
+        # Push once decoding is under way (read from the server, not guessed from wall time): 256 of the two
+        # batches' 2 x 64 x 200 tokens are out, so sequences are mid-generation whatever this machine's speed.
+        deadline = time.time() + 120
+        while generated_tokens(world["handle"]) < before + 256 and time.time() < deadline:
+            time.sleep(0.01)
+        assert generated_tokens(world["handle"]) < before + 2 * 64 * 200 // 2
+        loop.push(weights, base + 1)
         first = loop.take(base, timeout=120)
         second = loop.take(base + 1, timeout=120)
     finally:
