@@ -21,6 +21,7 @@ JOB_ENTRIES: dict[str, str] = {
     "rlvr_rollout": "runtime.rollout:run_sidecar",
     "distill": "runtime.generate:run_distill",
     "delta_pairs": "runtime.generate:run_delta_pairs",
+    "decontaminate": "runtime.generate:run_decontaminate",
     "regmix_swarm": "runtime.regmix:run_proxy",
     "regmix_fit": "runtime.regmix:run_fit",
     "regmix_solve": "runtime.regmix:run_solve",

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from compiler import estimates
-from compiler.hardware import as_run_on, device_for, gpu_count_problem, nodes_for, parse_time
-from compiler.job_common import JOB_ENTRIES, dump, resources, training_config, training_job
+from compiler.hardware import parse_time
+from compiler.job_common import dump, training_config, training_job
+from compiler.decontam_jobs import build_decontam_job
 from compiler.eval_jobs import build_eval_jobs
+from compiler.generation_jobs import build_delta_job, build_distill_job
 from compiler.mix_jobs import build_mix_jobs, resolve_lm_mix
-from compiler.plan import Job, PlanContext
+from compiler.plan import PlanContext
 from compiler.rl_jobs import build_rl_jobs
 from compiler.resolve_training import resolve_scale
 from spec.model import ModelSpec
@@ -62,74 +63,13 @@ def _extend_context(ctx: PlanContext, stage: LongContextStage, at: tuple, model:
     })
 
 
-def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: str, block_name: str,
-                    config: dict[str, Any], refs: list[tuple[str, str]], *, gpus: int, tensor_parallel: int,
-                    sequences: int | None, max_tokens: int) -> Job:
-    """A vLLM generation job (distillation, delta pairs) feeding a training stage."""
-    models, deps = {}, []
-    for field_name, ref in refs:
-        models[field_name], job = ctx.resolve_model_ref(ref, ("stages", index, block_name, field_name), index)
-        deps += [job] if job else []
-    cluster = ctx.recipe.cluster
-    problem = gpu_count_problem(cluster, gpus)
-    if problem:
-        ctx.error(("stages", index, block_name, "gpus"), f"generation: {problem}")
-    nodes = nodes_for(cluster, gpus)
-    per_node = math.ceil(gpus / nodes) if gpus else 0
-    known = [ctx.stage_model.get(m.get("stage", "")) for m in models.values()]
-    est = _generation_estimates(ctx, known, sequences, max_tokens, gpus, tensor_parallel)
-    return ctx.add(Job(
-        id=f"{stage.name}-{job_kind.replace('_', '-')}", stage=stage.name, kind=job_kind, entry=JOB_ENTRIES[job_kind],
-        config={**config, "models": models}, depends_on=sorted(set(deps)),
-        resources=resources(ctx, nodes, per_node, max(1, gpus), est["wall_hours"], None),
-        estimates=est,
-    ))
-
-
-GENERATION_BATCH = 256  # sequences an engine decodes at once (vLLM's default max_num_seqs)
-
-
-def _generation_estimates(ctx: PlanContext, models: list[ModelSpec | None], sequences: int | None,
-                          max_tokens: int, gpus: int, tensor_parallel: int) -> dict[str, Any]:
-    """Time and memory of generating `sequences` responses of up to `max_tokens` with each model in turn.
-
-    Known only when every model is a stage of this recipe and the prompt count is given; external
-    models (a Hugging Face teacher) have no size here. Upper bound: every response at max length,
-    prompts ignored (responses dominate), waves of GENERATION_BATCH sequences per engine.
-    """
-    unknown = {"gpu_hours": None, "wall_hours": None, "memory_per_gpu_bytes": None}
-    if sequences is None or not models or any(m is None for m in models):
-        return unknown
-    device = device_for(ctx.recipe.cluster, gpus, 1)
-    engines = max(1, gpus // tensor_parallel)
-    seconds, memory = 0.0, 0
-    for model in models:
-        assert model is not None
-        model = as_run_on(model, device)
-        batch = min(sequences, engines * GENERATION_BATCH)
-        waves = math.ceil(sequences / batch)
-        seconds += waves * estimates.rollout_decode_seconds(
-            model, sequences=batch, prompt_tokens=0, response_tokens=max_tokens, tensor_parallel=tensor_parallel,
-            engines=engines, memory_bandwidth_gbps=device.bandwidth_gbps, peak_tflops=device.peak_tflops, mfu=device.mfu)
-        memory = max(memory, estimates.rollout_memory_per_gpu(
-            model, tensor_parallel=tensor_parallel, sequences=math.ceil(batch / engines), context_len=max_tokens).total)
-    wall = seconds / 3600
-    return {"gpu_hours": round(wall * gpus, 4), "wall_hours": round(wall, 4), "memory_per_gpu_bytes": memory,
-            "sequences": sequences * len(models)}
-
-
 def build_sft(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) -> ModelSpec:
     assert isinstance(stage, SftStage)
     at = ("stages", index)
     init, deps = _init(ctx, stage, index)
     if stage.distill is not None:
-        d = stage.distill
-        if d.filters.max_length is not None and d.filters.max_length > model.max_seq_len:
-            ctx.error((*at, "distill", "filters", "max_length"), f"{d.filters.max_length} exceeds the model's max_seq_len {model.max_seq_len}")
-        gen = _generation_job(ctx, stage, index, "distill", "distill", {"distill": dump(d, exclude={"teacher", "gpus"})},
-                              [("teacher", d.teacher)], gpus=d.gpus, tensor_parallel=d.tensor_parallel,
-                              sequences=d.num_prompts * d.samples_per_prompt if d.num_prompts else None, max_tokens=d.max_tokens)
-        data: dict[str, Any] = {"from_job": gen.id, "file": "sft.jsonl"}
+        gen = build_distill_job(ctx, stage, index, stage.distill, model)
+        data: dict[str, Any] = {"from_job": gen.id, "file": gen.config["output"], "text_field": "messages"}
         deps.append(gen.id)
     else:
         assert stage.dataset is not None
@@ -145,11 +85,8 @@ def build_dpo(ctx: PlanContext, stage: StageBase, index: int, model: ModelSpec) 
     at = ("stages", index)
     init, deps = _init(ctx, stage, index)
     if stage.delta is not None:
-        d = stage.delta
-        gen = _generation_job(ctx, stage, index, "delta_pairs", "delta", {"delta": dump(d, exclude={"chosen", "rejected", "gpus"})},
-                              [("chosen", d.chosen), ("rejected", d.rejected)], gpus=d.gpus,
-                              tensor_parallel=d.tensor_parallel, sequences=d.num_prompts, max_tokens=d.max_tokens)
-        pairs: dict[str, Any] = {"from_job": gen.id, "file": "pairs.jsonl"}
+        gen = build_delta_job(ctx, stage, index, stage.delta, model)
+        pairs: dict[str, Any] = {"from_job": gen.id, "file": gen.config["output"]}
         deps.append(gen.id)
     else:
         assert stage.pairs is not None
@@ -214,6 +151,7 @@ def build_stage_jobs(ctx: PlanContext) -> None:
         ctx.stage_model[stage.name] = model
         ctx.stage_job.setdefault(stage.name, stage.name)
     build_mix_jobs(ctx)
+    build_decontam_job(ctx)  # after every job that reads a dataset, before the eval jobs (which read eval data)
     _attach_tokenizer(ctx)
     build_eval_jobs(ctx)  # after the tokenizer: an eval job reads its model's own export (tokenizer included)
     _check_time_limits(ctx)
@@ -225,7 +163,7 @@ def _attach_tokenizer(ctx: PlanContext) -> None:
     if tokenizer is None:
         ctx.warn(("data",), "no data.tokenizer: the plan compiles, but its jobs cannot be launched without one")
     for job in ctx.jobs:
-        if "model" in job.config or "proxy" in job.config:
+        if "model" in job.config or "proxy" in job.config or job.kind in ("distill", "delta_pairs"):
             job.config["tokenizer"] = tokenizer
 
 

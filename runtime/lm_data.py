@@ -99,10 +99,29 @@ def resolve_weights(job: Mapping[str, Any]) -> dict[str, float]:
 
 
 def load_source(spec: Mapping[str, Any], split: str | None = None) -> Any:
-    """One split of a source as a map-style `datasets.Dataset`."""
+    """One split of a source as a map-style `datasets.Dataset`, without the rows the decontamination job dropped
+    from it (`drop`: a JSON list of row indices, or `{from_job, file}` in that job's output) when it is that split."""
+    split = split or spec.get("split") or "train"
+    ds = _load_split(spec, split)
+    if spec.get("drop") and split == (spec.get("split") or "train"):
+        dropped = set(drop_list(spec["drop"]))
+        ds = ds.select([i for i in range(len(ds)) if i not in dropped])
+    return ds
+
+
+def drop_list(drop: str | Mapping[str, Any]) -> list[int]:
+    if isinstance(drop, Mapping):
+        path = input_dir(drop["from_job"], needed_by="a decontaminated data source") / drop["file"]
+    else:
+        path = Path(drop)
+    if not path.is_file():
+        raise FileNotFoundError(f"decontamination drop list {path} not found")
+    return [int(i) for i in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def _load_split(spec: Mapping[str, Any], split: str) -> Any:
     from datasets import load_dataset
 
-    split = split or spec.get("split") or "train"
     if spec.get("path"):
         path = Path(spec["path"])
         files = str(path / f"{split}.jsonl") if path.is_dir() else str(path)

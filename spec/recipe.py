@@ -7,6 +7,7 @@ from spec.base import Identifier, Spec
 from spec.cluster import Cluster
 from spec.data import DataSpec
 from spec.evals import EvalsSpec
+from spec.generation import Decontamination
 from spec.model import ModelSpec
 from spec.stages import Stage
 
@@ -22,3 +23,6 @@ class Recipe(Spec):
     data: DataSpec = Field(description="Pretraining sources and mix.")
     stages: list[Stage] = Field(min_length=1, description="Stages, in order.")
     evals: EvalsSpec | None = Field(None, description="Eval suites and when they run (none: no eval jobs).")
+    decontamination: Decontamination | None = Field(
+        None, description="Check every training dataset against eval sets before training (none: no check)."
+    )

@@ -7,17 +7,9 @@ from pydantic import Field, model_validator
 
 from spec.base import Fraction, Identifier, NonNegativeInt, PositiveFloat, PositiveInt, Spec
 from spec.data import DatasetRef
+from spec.generation import Delta, Distill, ModelRef
 from spec.model import RopeScaling
 from spec.training import TrainingFields
-
-ModelRef = Annotated[
-    str,
-    Field(
-        min_length=1,
-        description="An earlier stage's name, a Hugging Face model id (org/name) or a local checkpoint folder.",
-    ),
-]
-
 
 class StageBase(TrainingFields):
     """Fields every stage has."""
@@ -61,28 +53,6 @@ class LongContextStage(LmStage):
     rope_theta: PositiveFloat | None = Field(None, description="New RoPE theta; null keeps the model's.")
 
 
-class DistillFilters(Spec):
-    """Which teacher samples are kept."""
-
-    verify_answers: bool = Field(True, description="Keep only samples whose final answer verifies.")
-    dedup: bool = Field(True, description="Drop duplicate prompts and near-duplicate responses.")
-    max_length: PositiveInt | None = Field(None, description="Drop samples longer than this many tokens.")
-
-
-class Distill(Spec):
-    """Reasoning distillation: a teacher samples responses to seed prompts."""
-
-    prompts: DatasetRef = Field(description="Seed prompts.")
-    teacher: ModelRef = Field(description="Teacher model (Hugging Face id, folder or stage).")
-    samples_per_prompt: PositiveInt = Field(1, description="Responses sampled per prompt.")
-    max_tokens: PositiveInt = Field(description="Most tokens per teacher response.")
-    temperature: Annotated[float, Field(ge=0)] = Field(0.7, description="Sampling temperature.")
-    num_prompts: PositiveInt | None = Field(None, description="Prompts used (default all).")
-    gpus: Annotated[int, Field(ge=0)] = Field(8, description="GPUs for the teacher's vLLM engine.")
-    tensor_parallel: PositiveInt = Field(1, description="Tensor-parallel degree of the teacher engine.")
-    filters: DistillFilters = Field(default_factory=DistillFilters, description="Sample filters.")
-
-
 class SftStage(StageBase):
     """Supervised fine-tuning on a dataset or on distilled traces; loss on response tokens only."""
 
@@ -96,18 +66,6 @@ class SftStage(StageBase):
         if (self.dataset is None) == (self.distill is None):
             raise ValueError("give exactly one of dataset or distill")
         return self
-
-
-class Delta(Spec):
-    """Delta-learning pairs: chosen from a strong model, rejected from a weaker one."""
-
-    prompts: DatasetRef = Field(description="Prompts both models answer.")
-    chosen: ModelRef = Field(description="The stronger model, whose responses are chosen.")
-    rejected: ModelRef = Field(description="The weaker model, whose responses are rejected.")
-    max_tokens: PositiveInt = Field(description="Most tokens per response.")
-    num_prompts: PositiveInt | None = Field(None, description="Prompts used (default all).")
-    gpus: Annotated[int, Field(ge=0)] = Field(8, description="GPUs for the generation engines.")
-    tensor_parallel: PositiveInt = Field(1, description="Tensor-parallel degree of each engine.")
 
 
 class DpoStage(StageBase):

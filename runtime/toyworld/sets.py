@@ -7,7 +7,8 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from runtime.toyworld.settings import EVAL_DOCS, MANIFEST_VERSION, MIN_DOCS, PRETRAIN_SOURCES, TRAIN_DOCS, VALIDATION_FRACTION, rng_for
+from runtime.toyworld.settings import (EVAL_DOCS, MANIFEST_VERSION, MIN_DOCS, PLANTED_EVAL_DOCS, PLANTED_SOURCE,
+                                       PRETRAIN_SOURCES, TRAIN_DOCS, VALIDATION_FRACTION, rng_for)
 from runtime.toyworld.arithmetic import Draw, Problem, arithmetic_doc, question, random_problem, raw_prompt, solution
 from runtime.toyworld.prose import code_doc, text_doc, words_doc, words_question
 
@@ -17,7 +18,20 @@ from runtime.toyworld.prose import code_doc, text_doc, words_doc, words_question
 def _eval_doc(rng: random.Random) -> tuple[str, dict[str, Any]]:
     p = random_problem(rng, 3)
     q = question(p)
-    return p.expression, {"question": q, "prompt": raw_prompt(q), "answer": str(p.answer), "op": p.op}
+    return p.expression, {"question": q, "prompt": raw_prompt(q), "answer": str(p.answer), "op": p.op,
+                          "a": p.a, "b": p.b}
+
+
+def plant_eval_items(train: list[dict[str, Any]], evals: Sequence[dict[str, Any]], n: int,
+                     seed: int) -> list[int]:
+    """Contaminate a pretraining source on purpose: the first n eval problems, worked out in the source's own
+    format, put at seeded places in its train split (so that decontamination has something real to find).
+    Returns the eval items planted."""
+    rng = rng_for(seed, "plant", "arithmetic")
+    for item in evals[:n]:
+        p = Problem(item["op"], int(item["a"]), int(item["b"]))
+        train.insert(rng.randrange(len(train) + 1), {"text": raw_prompt(item["question"]) + solution(p)})
+    return list(range(min(n, len(evals))))
 
 
 def _qa(rng: random.Random, words_fraction: float) -> tuple[str, str, str, str]:
@@ -148,6 +162,7 @@ def generate(out_dir: Path, *, seed: int = 0, scale: float = 1.0) -> dict[str, A
     out_dir = Path(out_dir)
     counts = doc_counts(scale)
     n_eval = max(MIN_DOCS, round(EVAL_DOCS * scale))
+    n_planted = max(1, round(PLANTED_EVAL_DOCS * scale))
     held_out: set[str] = set()
     evals = draw_unique(_eval_doc, rng_for(seed, "eval", "test"), n_eval, held_out)
     write_jsonl(out_dir / "eval" / "arith.jsonl", evals)
@@ -155,11 +170,14 @@ def generate(out_dir: Path, *, seed: int = 0, scale: float = 1.0) -> dict[str, A
     for name, (draw, hold_out_eval) in SETS.items():
         n_train, n_val = counts[name]
         val, train = make_splits(draw, seed, name, n_train, n_val, held_out if hold_out_eval else set())
+        planted = plant_eval_items(train, evals, n_planted, seed) if name == PLANTED_SOURCE else []
         splits = {"train": (out_dir / name / "train.jsonl", train),
                   "validation": (out_dir / name / "validation.jsonl", val)}
         for path, records in splits.values():
             write_jsonl(path, records)
         sets[name] = _entry(out_dir, "pretrain" if name in PRETRAIN_SOURCES else name, splits)
+        if planted:
+            sets[name]["planted_eval_items"] = {"eval": planted}
     manifest = {"format_version": MANIFEST_VERSION, "generator": "runtime.toyworld",
                 "seed": seed, "scale": scale, "sets": dict(sorted(sets.items()))}
     write_manifest(out_dir, manifest)

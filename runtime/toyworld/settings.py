@@ -25,6 +25,9 @@ TRAIN_DOCS: dict[str, int] = {
     "pairs": 2_000,
 }
 EVAL_DOCS = 500
+# Eval problems planted in one pretraining source on purpose, for the decontamination job to find.
+PLANTED_SOURCE = "arithmetic"
+PLANTED_EVAL_DOCS = 25
 
 # RNG stream offsets: (set, split) -> offset below SEED_STRIDE.
 _OFFSETS: dict[tuple[str, str], int] = {
@@ -37,6 +40,7 @@ _OFFSETS: dict[tuple[str, str], int] = {
     ("prompts", "validation"): 61, ("prompts", "train"): 62,
     ("rl", "validation"): 71, ("rl", "train"): 72,
     ("pairs", "validation"): 81, ("pairs", "train"): 82,
+    ("plant", "arithmetic"): 91,
 }
 
 

@@ -247,9 +247,9 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def _edit_sft_lr(path: Path) -> None:
-    """Set the sft stage's lr to 2e-4 (the first `lr: 1.0e-3` after `kind: sft`)."""
+    """Set the sft stage's lr to 2e-4 (the first `lr: 1.0e-3` after `- name: sft `)."""
     text = path.read_text()
-    at = text.index("kind: sft")
+    at = text.index("- name: sft ")
     head, tail = text[:at], text[at:]
     path.write_text(head + tail.replace("lr: 1.0e-3", "lr: 2.0e-4", 1))
 

@@ -43,7 +43,7 @@ def tiny_dir(tmp_path: Path) -> Path:
 def test_every_stage_gets_an_eval_job_for_each_model_it_makes(tmp_path: Path) -> None:
     plan = jobs(compile_plan(TINY, tmp_path / "out"))
     evals = {job_id: job for job_id, job in plan.items() if job["kind"] == "eval" and not job["config"]["model"]["proxies"]}
-    assert set(evals) == {f"eval-{j}" for j in ("pretrain", "midtrain", "long-context", "sft", "dpo", "rlvr", "rlvr-random-reward")}
+    assert set(evals) == {f"eval-{j}" for j in ("pretrain", "midtrain", "long-context", "teacher", "sft", "dpo", "rlvr", "rlvr-random-reward")}
     for job_id, job in evals.items():
         evaluated = job_id.removeprefix("eval-")
         assert job["depends_on"] == [evaluated] and job["config"]["model"]["job"] == evaluated
@@ -95,7 +95,7 @@ def test_editing_a_task_file_reruns_only_the_evals_that_use_it(tiny_dir: Path, t
     chat_task.write_text(chat_task.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
     after = jobs(compile_plan(recipe, tmp_path / "b"))
     changed = {j for j in before if before[j]["hash"] != after[j]["hash"]}
-    assert changed == {"eval-sft", "eval-dpo", "eval-rlvr", "eval-rlvr-random-reward"}
+    assert changed == {"eval-teacher", "eval-sft", "eval-dpo", "eval-rlvr", "eval-rlvr-random-reward"}
     # a task file the proxies' evals read (toy_pairs.yaml, in mc; included by chat's toy_pairs_chat.yaml) moves
     # the fit, the solve and every stage trained on the solved mix
     base_task = tiny_dir / "evals" / "toy_pairs.yaml"
@@ -163,7 +163,7 @@ def test_unknown_suite_in_a_stage(tmp_path: Path, tiny_dir: Path) -> None:
     recipe = tiny_dir / TINY.name
     out = tmp_path / "out"
     lines = check_failed(run_main(["compile", recipe, "-o", out, "--set", "stages.sft.evals=[chatt]"]), out)
-    assert len(lines) == 1 and "stages[3].evals[0]: unknown suite 'chatt' (did you mean 'chat'?)" in lines[0]
+    assert len(lines) == 1 and "stages[5].evals[0]: unknown suite 'chatt' (did you mean 'chat'?)" in lines[0]
 
 
 def test_unknown_registered_task_says_how_to_declare_it(tmp_path: Path, tiny_dir: Path) -> None:

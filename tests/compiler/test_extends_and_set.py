@@ -97,7 +97,7 @@ def test_variant_with_a_new_stage_appends_it(tmp_path: Path, tiny_copy: Path) ->
     )
     plan = compile_ok(variant, tmp_path / "out")
     assert [j["id"] for j in plan["jobs"][-2:]] == ["sft-again", "eval-sft-again"]
-    assert job(plan, "sft-again")["depends_on"] == ["sft"]
+    assert job(plan, "sft-again")["depends_on"] == ["decontaminate", "sft"]  # its dataset is checked first
 
 
 def test_variant_null_clears_a_base_block(tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_set_stage_lr_is_a_float(tmp_path: Path) -> None:
 
 
 def test_set_by_stage_index(tmp_path: Path) -> None:
-    plan = compile_ok(TINY, tmp_path / "out", "stages.3.lr=2e-5")
+    plan = compile_ok(TINY, tmp_path / "out", "stages.5.lr=2e-5")
     assert job(plan, "sft")["config"]["optim"]["lr"] == 2e-5
 
 
@@ -196,7 +196,7 @@ def test_set_null_on_a_field_that_cannot_be_null_restores_its_default(tmp_path: 
 
 def test_set_null_on_a_required_field_is_a_located_error(tmp_path: Path) -> None:
     [line] = compile_fails(TINY, tmp_path / "out", "stages.sft.lr=null")
-    assert line.endswith("stages[3].lr: required field is missing"), line
+    assert line.endswith("stages[5].lr: required field is missing"), line
 
 
 def test_set_steps_null_falls_back_to_tokens(tmp_path: Path) -> None:
@@ -246,14 +246,14 @@ def test_set_unknown_stage_name_suggests_one(tmp_path: Path) -> None:
 def test_set_unknown_field_suggests_one(tmp_path: Path) -> None:
     [line] = compile_fails(TINY, tmp_path / "out", "stages.sft.lrr=1e-5")
     assert line.startswith("<--set stages.sft.lrr=1e-5>:1:"), line
-    assert "stages[3].lrr" in line and "did you mean 'lr'" in line
+    assert "stages[5].lrr" in line and "did you mean 'lr'" in line
 
 
 def test_set_wrong_type_is_located_in_the_assignment(tmp_path: Path) -> None:
     assignment = "stages.sft.steps=many"
     [line] = compile_fails(TINY, tmp_path / "out", assignment)
     # The column is where the value starts in PATH=VALUE.
-    assert line.startswith(f"<--set {assignment}>:1:{assignment.index('=') + 2}: stages[3].steps: "), line
+    assert line.startswith(f"<--set {assignment}>:1:{assignment.index('=') + 2}: stages[5].steps: "), line
 
 
 @pytest.mark.parametrize("assignment", ["no-equals-sign", "=3", "stages..lr=1"])

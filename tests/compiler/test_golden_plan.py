@@ -90,7 +90,7 @@ def test_compile_writes_nothing_on_error(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 2
     assert not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["<--set stages.sft.lr=-1>:1:15: stages[3].lr: must be > 0.0 (got -1)"]
+    assert err == ["<--set stages.sft.lr=-1>:1:15: stages[5].lr: must be > 0.0 (got -1)"]
 
 
 def test_recompile_replaces_previous_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,104 @@
+"""The delta-pairs job: the same prompts answered by a strong (chosen) and a weak (rejected) model; the pairs become
+the DPO stage's data.
+
+Delta learning (what teaches is the gap between chosen and rejected) needs a weak model that is weaker but not
+useless: with reference answers (`answer_field`) the job reports both models' accuracy and the gap, so the user
+sees whether the weak model is "just right". Pairs whose two responses are identical carry nothing and are always
+dropped; `keep` can further require a verified chosen answer (and a wrong rejected one). Pairs overlapping the
+eval sets are dropped (or fail the job) as the recipe's decontamination policy says.
+
+Outputs: `pairs.jsonl` (`{"prompt", "chosen", "rejected"[, "answer"]}`), `gap.json`, `generations/{chosen,
+rejected}.jsonl` (the resume stores), `DONE.json`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runtime.generate.contamination import Contaminated, eval_index, scan, summary
+from runtime.generate.engine import Sampling, generate_all
+from runtime.generate.records import load_rows, prompt_messages
+from runtime.generate.serving import generator
+from runtime.generate.store import ResultStore
+from runtime.outputs import atomic_write_json, atomic_write_text, output_dir, write_done
+
+ROLES = ("chosen", "rejected")
+
+
+def run_delta_pairs(job: dict[str, Any]) -> None:
+    config, label = job["config"], job["id"]
+    block = config["delta"]
+    out = output_dir(job)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = load_rows(job, block["prompts"], block.get("num_prompts"))
+    prompts = [prompt_messages(r, block["prompts"].get("text_field") or "prompt") for r in rows]
+    replies: dict[str, list[str]] = {}
+    timing: dict[str, Any] = {}
+    served: dict[str, Any] = {}
+    for role in ROLES:  # one model at a time: each gets the job's GPUs
+        with ResultStore(out / "generations" / f"{role}.jsonl") as store:
+            if len(store.results) < len(prompts):
+                with generator(job, role, out) as (client, served[role]):
+                    timing[role] = generate_all(client, prompts, store, Sampling.of(block), label=f"{label} {role}",
+                                                concurrency=int(block.get("concurrency", 64)))
+            replies[role] = [store.results[i]["replies"][0]["text"] for i in range(len(prompts))]
+    pairs = [{"index": i, "prompt": _prompt_field(prompts[i]), "chosen": replies["chosen"][i],
+              "rejected": replies["rejected"][i], "row": rows[i]} for i in range(len(prompts))]
+    counts: dict[str, Any] = {"prompts": len(prompts)}
+    gap = _gap(pairs, block.get("answer_field"))
+    kept = [p for p in pairs if p["chosen"].strip() != p["rejected"].strip() and p["chosen"].strip()]
+    counts["identical_or_empty"] = len(pairs) - len(kept)
+    keep = block.get("keep", "all")
+    if keep != "all":
+        before = len(kept)
+        kept = [p for p in kept if p["correct"]["chosen"] and (keep == "chosen_correct" or not p["correct"]["rejected"])]
+        counts[f"not_{keep}"] = before - len(kept)
+    decontam = config.get("decontamination")
+    if decontam:
+        result = scan(eval_index(job, decontam), kept, ["prompt", "chosen", "rejected"])
+        print(f"{label}: {summary('pairs', result)}", flush=True)
+        counts["contaminated"] = len(result.contaminated)
+        if result.contaminated and decontam["policy"] == "fail":
+            raise Contaminated(f"{label}: {summary('pairs', result)} (policy: fail)")
+        if decontam["policy"] == "drop":
+            dropped = set(result.contaminated)
+            kept = [p for i, p in enumerate(kept) if i not in dropped]
+    counts["kept"] = len(kept)
+    answer_field = block.get("answer_field")
+    lines = [json.dumps({"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
+                         **({"answer": str(p["row"][answer_field])} if answer_field else {})}, ensure_ascii=False)
+             for p in kept]
+    atomic_write_text(out / config["output"], "".join(line + "\n" for line in lines))
+    atomic_write_json(out / "gap.json", {"models": served, "gap": gap, "counts": counts, "generation": timing})
+    if gap:
+        print(f"{label}: chosen accuracy {gap['chosen_accuracy']:.3f}, rejected {gap['rejected_accuracy']:.3f}, "
+              f"gap {gap['gap']:+.3f}; chosen right and rejected wrong on {gap['chosen_beats_rejected']:.3f}", flush=True)
+    print(f"{label}: kept {counts['kept']} of {counts['prompts']} pairs", flush=True)
+    metrics = {f"delta/{k}": v for k, v in {**gap, **counts}.items()}
+    write_done(out, {"job": label, "hash": job.get("hash"), "counts": counts, "gap": gap, "generation": timing,
+                     "metrics": metrics})
+
+
+def _prompt_field(messages: list[dict[str, str]]) -> Any:
+    """A single user turn as a string (the common preference-data shape); a longer conversation as messages."""
+    return messages[0]["content"] if len(messages) == 1 else messages
+
+
+def _gap(pairs: list[dict[str, Any]], answer_field: str | None) -> dict[str, float]:
+    """Each side's accuracy against the reference answers, and how often chosen is right where rejected is wrong."""
+    if not answer_field or not pairs:
+        for p in pairs:
+            p["correct"] = {"chosen": True, "rejected": False}
+        return {}
+    from runtime.generate.distill import _correct
+    from runtime.rewards.math_verifier import MathVerifier
+
+    verifier = MathVerifier()
+    for p in pairs:
+        p["correct"] = {role: _correct(verifier, p[role], p["row"], answer_field) for role in ROLES}
+    n = len(pairs)
+    chosen = sum(p["correct"]["chosen"] for p in pairs) / n
+    rejected = sum(p["correct"]["rejected"] for p in pairs) / n
+    beats = sum(p["correct"]["chosen"] and not p["correct"]["rejected"] for p in pairs) / n
+    return {"chosen_accuracy": round(chosen, 4), "rejected_accuracy": round(rejected, 4),
+            "gap": round(chosen - rejected, 4), "chosen_beats_rejected": round(beats, 4)}
