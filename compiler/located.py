@@ -61,7 +61,7 @@ def locate(tree: Any, parts: Sequence[str | int], *, key: bool = False) -> tuple
         elif isinstance(node, LocatedList) and isinstance(part, int) and 0 <= part < len(node):
             best = node.item_locs[part]
             node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and (part == node.get("kind") or "[" in part):
+        elif isinstance(part, str) and ("[" in part or (isinstance(node, dict) and part == node.get("kind"))):
             continue
         else:
             kept.extend(parts[i:])

@@ -1,9 +1,9 @@
 """Post-training data generation: distillation (SFT data), delta pairs (DPO data), decontamination."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from spec.base import Fraction, Identifier, PositiveFloat, PositiveInt, Spec
 from spec.data import DatasetRef
@@ -29,8 +29,15 @@ class Endpoint(Spec):
     )
 
 
+def _generator_kind(value: Any) -> str:
+    return "[endpoint]" if isinstance(value, (dict, Endpoint)) else "[model]"
+
+
+# A string is a model to serve, a mapping an endpoint: tagged so that a bad endpoint reports only its own errors
+# (bracketed tags are left out of diagnostic paths, as pydantic's own "[key]" parts are).
 Generator = Annotated[
-    ModelRef | Endpoint,
+    Annotated[ModelRef, Tag("[model]")] | Annotated[Endpoint, Tag("[endpoint]")],
+    Discriminator(_generator_kind),
     Field(description="A model the plan serves with vLLM (stage, Hugging Face id or folder), or an endpoint."),
 ]
 
