@@ -111,8 +111,8 @@ def test_a_job_at_its_time_limit_is_requeued_and_finishes(slurm_cluster: dict[st
 
 
 def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
-    """The real runtime on the cluster: tiny-think's RegMix search (8 small proxies: a Slurm array of trainings, one
-    of evals, the fit and the solve) and its pretrain (cut short) through `--executor slurm`, with the same report as
+    """The real runtime on the cluster: tiny-think's decontamination check (which finds the planted eval problem),
+    its RegMix search (8 small proxies: a Slurm array of trainings, one of evals, the fit and the solve) and its pretrain (cut short) through `--executor slurm`, with the same report as
     the local executor; a relaunch submits nothing."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
     from test_pipeline import launch as launch_tiny, report, tiny_tree
@@ -124,6 +124,8 @@ def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_pat
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     jobs = report(tmp_path)["jobs"]
     assert all(jobs[j]["state"] == "done" for j in ("mix-swarm", "mix-swarm-eval", "mix-fit", "mix-solve")), jobs
+    decontam = json.loads((Path(jobs["decontaminate"]["output_dir"]) / "report.json").read_text())
+    assert decontam["datasets"]["source-arithmetic"]["contaminated"] == 1 == decontam["totals"]["contaminated"]
     job = jobs["pretrain"]
     assert report(tmp_path)["executor"] == "slurm" and job["state"] == "done"
     assert job["final_loss"] < 6.0 and set(job["eval"]) >= {"arithmetic", "code", "text", "words", "arith_exact_match"}
