@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from runtime.launch.status import StatusError, find_run
+from runtime.report.data import KINDS as DATA_KINDS, DataJob, read_data_job
 
 EVAL_KIND = "eval"
 SWARM_EVAL = "mix-swarm-eval"
@@ -81,6 +82,7 @@ class RunResult:
     swarm: SwarmResult | None = None
     headline: list[str] = field(default_factory=list)  # the recipe's evals.report metrics (the plan's)
     objective: list[dict[str, Any]] = field(default_factory=list)  # the plan's RegMix objective terms, if any
+    data: list[DataJob] = field(default_factory=list)  # decontamination and data generation, in plan order
 
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)
@@ -303,8 +305,10 @@ def collect(run_dir: Path) -> RunResult:
         if numbers or job.id in evals:  # a column where the job's model is evaluated, or it has numbers of its own
             columns.setdefault(job.id, StageResult(job.id, plan_stage=job.stage)).in_house = numbers
     kept = list(columns.values())
+    data = [read_data_job(j.id, j.kind, j.output_dir) for j in jobs if j.kind in DATA_KINDS and j.state in HAS_METRICS]
     result = RunResult(name=str(state.get("recipe") or run_dir.name), run_dir=run_dir, stages=kept,
-                       swarm=_swarm(swarm) if swarm else None, headline=_headline(plan), objective=_objective(plan))
+                       swarm=_swarm(swarm) if swarm else None, headline=_headline(plan), objective=_objective(plan),
+                       data=[d for d in data if d is not None])
     if not any(s.metrics for s in kept) and not (result.swarm and result.swarm.proxies):
         waiting = [f"{s.eval_job} {s.eval_state}" for s in kept if s.eval_job]
         waiting += [f"{result.swarm.job} {result.swarm.state}"] if result.swarm else []

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from compiler.table import markdown_table, text_table
 from runtime.report.collect import IN_HOUSE, RunResult, StageResult, SwarmResult, stage_order
+from runtime.report.data import data_sections
 
 NONE = "—"
 LOWER_IS_BETTER = ("objective", "bpb", "bits_per_byte", "perplexity", "word_perplexity", "byte_perplexity", "loss", "final_loss",
@@ -220,6 +221,8 @@ def _sections(runs: Sequence[RunResult], names: Sequence[str], table: Table) -> 
     for run, label in zip(runs, labels(*runs)):
         if run.swarm and run.swarm.proxies:
             title, body = swarm_table(run.swarm, table)
+            sections.append((None, f"{label} {title}" if len(runs) > 1 else title, body))
+        for title, body in data_sections(run.data, table):
             sections.append((None, f"{label} {title}" if len(runs) > 1 else title, body))
     return sections
 

@@ -307,3 +307,30 @@ def test_the_mix_objective_scores_both_runs_the_same_way(tmp_path: Path) -> None
     rows = _table(_print(natural, searched), title)  # A = natural, B = the searched mix
     pretrain = next(r for r in rows if r[:2] == ["mix/objective", "pretrain"])
     assert pretrain[4] == f"{-0.05:+.4g}" and pretrain[5] == "better"
+
+
+def test_data_generation_and_decontamination_sections(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "gen", {"sft": BASE["sft"]}, order=["sft"])
+    state = json.loads((run / "state.json").read_text())
+    out = _job(run, state, "decontaminate", "", "decontaminate")
+    _write(out / "report.json", {"policy": "drop", "ngram": 13, "totals": {"contaminated": 25}, "datasets": {
+        "source-arithmetic": {"rows": 34025, "contaminated": 25, "by_eval_set": {"toy_arith": {"rows": 25, "items": 25}}},
+        "source-text": {"rows": 26000, "contaminated": 0, "by_eval_set": {}}}})
+    out = _job(run, state, "sft-distill", "sft", "distill")
+    _write(out / "DONE.json", {"counts": {"generated": 4000, "wrong_answer": 2500, "exact_duplicates": 700, "kept": 800},
+                               "generation": {"seconds": 61.2}})
+    out = _job(run, state, "dpo-delta-pairs", "dpo", "delta_pairs")
+    _write(out / "DONE.json", {"gap": {"chosen_accuracy": 0.42, "rejected_accuracy": 0.1, "gap": 0.32},
+                               "counts": {"prompts": 1000, "kept": 400},
+                               "generation": {"chosen": {"seconds": 20.0}, "rejected": {"seconds": 19.0}}})
+    _job(run, state, "later-distill", "x", "distill", job_state="running")  # not done: left out
+    _write(run / "state.json", state)
+    text = _print(run)
+    title = "decontaminate: 13-gram overlap with the eval sets (policy drop: contaminated rows are dropped before training)"
+    assert _table(text, title) == [["dataset", "rows", "contaminated", "hits in toy_arith"], ["-" * 17, "-" * 6, "-" * 12, "-" * 18],
+                                   ["source-arithmetic", "34,025", "25", "25 rows / 25 items"],
+                                   ["source-text", "26,000", "0", "0"]]
+    assert ["wrong answer", "2,500"] in _table(text, "sft-distill: distilled SFT samples; generation 61 s")
+    delta = _table(text, "dpo-delta-pairs: delta pairs (chosen vs rejected); generation 39 s")
+    assert ["gap", "0.320"] in delta and ["kept", "400"] in delta
+    assert "later-distill" not in text
