@@ -18,7 +18,7 @@ from typing import Any
 from runtime.generate.contamination import Contaminated, eval_index, scan, summary
 from runtime.generate.distill import NoData, answer_is_correct
 from runtime.generate.engine import Sampling, generate_all
-from runtime.generate.records import load_rows, prompt_messages
+from runtime.generate.records import prompt_set
 from runtime.generate.serving import generator
 from runtime.generate.store import ResultStore
 from runtime.outputs import atomic_write_json, atomic_write_text, output_dir, write_done
@@ -31,8 +31,7 @@ def run_delta_pairs(job: dict[str, Any]) -> None:
     block = config["delta"]
     out = output_dir(job)
     out.mkdir(parents=True, exist_ok=True)
-    rows = load_rows(job, block["prompts"], block.get("num_prompts"))
-    prompts = [prompt_messages(r, block["prompts"].get("text_field") or "prompt") for r in rows]
+    rows, prompts = prompt_set(job, block)
     replies: dict[str, list[str]] = {}
     timing: dict[str, Any] = {}
     served: dict[str, Any] = {}

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 from runtime.generate.contamination import Contaminated, eval_index, scan, summary
 from runtime.generate.dedup import dedup
 from runtime.generate.engine import Sampling, generate_all
-from runtime.generate.records import load_rows, prompt_messages
+from runtime.generate.records import prompt_set
 from runtime.generate.serving import generator
 from runtime.generate.store import ResultStore
 from runtime.outputs import atomic_write_json, atomic_write_text, output_dir, write_done
@@ -29,8 +29,7 @@ def run_distill(job: dict[str, Any]) -> None:
     block = config["distill"]
     out = output_dir(job)
     out.mkdir(parents=True, exist_ok=True)
-    rows = load_rows(job, block["prompts"], block.get("num_prompts"))
-    prompts = [prompt_messages(r, block["prompts"].get("text_field") or "prompt") for r in rows]
+    rows, prompts = prompt_set(job, block)
     print(f"{label}: {len(prompts)} prompts x {block['samples_per_prompt']} samples", flush=True)
     with ResultStore(out / "generations" / "teacher.jsonl") as store:
         with generator(job, "teacher", out) as (client, served):

@@ -20,6 +20,12 @@ def load_rows(job: Mapping[str, Any], ref: Mapping[str, Any], limit: int | None 
     return [dict(r) for r in ds]
 
 
+def prompt_set(job: Mapping[str, Any], block: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[list[dict[str, str]]]]:
+    """(rows, their prompts as chat messages) of a generation block: the first `num_prompts` rows of `prompts`."""
+    rows = load_rows(job, block["prompts"], block.get("num_prompts"))
+    return rows, [prompt_messages(r, block["prompts"].get("text_field") or "prompt") for r in rows]
+
+
 def _message(m: Mapping[str, Any]) -> dict[str, str]:
     role = ROLES.get(str(m.get("role", m.get("from", ""))).lower())
     if role is None:
