@@ -31,10 +31,13 @@ def run_distill(job: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows, prompts = prompt_set(job, block)
     print(f"{label}: {len(prompts)} prompts x {block['samples_per_prompt']} samples", flush=True)
+    served: dict[str, Any] = {"kind": config["models"]["teacher"]["kind"], "note": "every prompt already stored"}
+    timing: dict[str, Any] = {"asked": 0, "seconds": 0.0}
     with ResultStore(out / "generations" / "teacher.jsonl") as store:
-        with generator(job, "teacher", out) as (client, served):
-            timing = generate_all(client, prompts, store, Sampling.of(block, int(block["samples_per_prompt"])),
-                                  concurrency=int(block.get("concurrency", 64)), label=label)
+        if len(store.results) < len(prompts):  # a rerun after the filters failed needs no server
+            with generator(job, "teacher", out) as (client, served):
+                timing = generate_all(client, prompts, store, Sampling.of(block, int(block["samples_per_prompt"])),
+                                      concurrency=int(block.get("concurrency", 64)), label=label)
         results = store.results
     samples = [{"prompt": i, "sample": k, "messages": prompts[i] + [{"role": "assistant", "content": reply["text"]}],
                 "row": rows[i], "finish_reason": reply["finish_reason"]}

@@ -244,6 +244,12 @@ def test_distill_filters_are_counted_and_a_failed_run_resumes(endpoint: Endpoint
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["teacher"]["model"] == "strong" and provenance["sampling"]["samples_per_prompt"] == 3
     assert provenance["generation"]["resumed"] > 0  # the second run went on from the first
+    # every prompt stored: a rerun (the filters changed, say) asks the endpoint nothing, even when it is down
+    endpoint.fail_from, asked = 0, len(endpoint.requests)
+    first = (out / "sft.jsonl").read_text()
+    (out / "DONE.json").unlink()
+    run_distill(job)
+    assert len(endpoint.requests) == asked and (out / "sft.jsonl").read_text() == first
 
 
 def test_delta_pairs_report_the_gap_and_keep_verified_chosen(endpoint: Endpoint, tmp_path: Path,
