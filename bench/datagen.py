@@ -53,7 +53,7 @@ def distill_job(folder: Path, model: Path, prompts: Path, args: argparse.Namespa
              "filters": {"verify_answers": False, "dedup": True, "dedup_threshold": 0.8, "max_length": None}}
     return {"id": "bench-distill", "kind": "distill", "hash": "bench", "recipe_dir": str(folder),
             "config": {"distill": block, "models": {"teacher": {"kind": "path", "path": str(model)}},
-                       "output": "sft.jsonl", "tokenizer": str(model),
+                       "output": "sft", "tokenizer": str(model),
                        "serve": {"gpus": 0, "max_model_len": 256, "environment": "inference-cpu"}}}
 
 

@@ -19,7 +19,7 @@ from spec.model import ModelSpec
 from spec.stages import StageBase
 
 GENERATION_BATCH = 256  # sequences an engine decodes at once (vLLM's default max_num_seqs)
-OUTPUT_FILES = {"distill": "sft.jsonl", "delta_pairs": "pairs.jsonl"}
+OUTPUT_FILES = {"distill": "sft", "delta_pairs": "pairs"}  # folders: train.jsonl and validation.jsonl
 
 
 def build_distill_job(ctx: PlanContext, stage: StageBase, index: int, d: Distill, model: ModelSpec) -> Job:

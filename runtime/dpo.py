@@ -1,7 +1,7 @@
 """Direct preference optimisation through torchtitan's Trainer: pairs, frozen-reference log-probs, the DPO losses.
 
 - Pairs: records `{"prompt", "chosen", "rejected"}` with string responses (the toy world's `pairs` set, the delta
-  job's `pairs.jsonl`), or `chosen`/`rejected` as chat message lists (the Hugging Face preference layout, prompt
+  job's `pairs/`), or `chosen`/`rejected` as chat message lists (the Hugging Face preference layout, prompt
   included in both). Each side is the chat-rendered conversation of `runtime.sft_data` (loss and log-probs on the
   assistant's tokens only), cut to `seq_len + 1` tokens.
 - Reference log-probs: the summed log-prob of each side under the frozen `from` model, computed once when the

@@ -242,7 +242,7 @@ def local_source(job: Mapping[str, Any], data: Mapping[str, Any], what: str) -> 
     source = dict(data)
     if "from_job" in source:
         path = input_dir(source.pop("from_job"), needed_by=f"job {job['id']} ({what})") / source.pop("file")
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"job {job['id']}: {what} {path} not found")
         source["path"] = str(path)
     elif source.get("path"):
@@ -258,9 +258,16 @@ def validation_split(source: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def data_paths(source: Mapping[str, Any]) -> list[str]:
-    """The source's local path, for the toy world's eval lookup (`runtime.answer_eval.toy_arith_rows`)."""
-    return [str(source["path"])] if source.get("path") else []
+def data_paths(source: Mapping[str, Any], job: Mapping[str, Any] | None = None) -> list[str]:
+    """Where the toy world's eval lookup (`runtime.answer_eval.toy_arith_rows`) looks: the source's local path, then
+    the recipe's tokenizer folder (the data a job generated lives in its producer's output, not in the toy world)."""
+    paths = [str(source["path"])] if source.get("path") else []
+    tokenizer = (job or {}).get("config", {}).get("tokenizer")
+    if tokenizer:
+        from runtime.lm_data import resolve_path
+
+        paths.append(resolve_path(job, tokenizer))  # type: ignore[arg-type]
+    return paths
 
 
 def run_sft(job: dict[str, Any]) -> None:
@@ -287,7 +294,7 @@ def run_sft(job: dict[str, Any]) -> None:
             evals["validation"] = assistant_loss(trainer.model_parts[0], trainer.tokenizer,
                                                  load_conversations(validation), trainer.config.training.seq_len,
                                                  device=trainer.device)
-        evals.update(answer_accuracy(trainer, data_paths(source), chat=True))
+        evals.update(answer_accuracy(trainer, data_paths(source, job), chat=True))
         logger.info(f"{job['id']}: eval {json.dumps(evals)[:500]}")
         return evals
 
@@ -323,7 +330,7 @@ def run_dpo(job: dict[str, Any]) -> None:
             evals["held_out_pairs"] = pairs
             logger.info(f"{job['id']}: held-out pairs reward accuracy {pairs['reward_accuracy']:.3f}, margin "
                         f"{pairs['reward_margin']:.4f} ({pairs['pairs']} pairs)")
-        evals.update(answer_accuracy(trainer, data_paths(source), chat=True))
+        evals.update(answer_accuracy(trainer, data_paths(source, job), chat=True))
         return evals
 
     _train_job(job, build_config=lambda out, init: build_trainer_config(

@@ -7,21 +7,21 @@ sees whether the weak model is "just right". Pairs whose two responses are ident
 dropped; `keep` can further require a verified chosen answer (and a wrong rejected one). Pairs overlapping the
 eval sets are dropped (or fail the job) as the recipe's decontamination policy says.
 
-Outputs: `pairs.jsonl` (`{"prompt", "chosen", "rejected"[, "answer"]}`), `gap.json`, `generations/{chosen,
+Outputs: `pairs/{train,validation}.jsonl` (`{"prompt", "chosen", "rejected"[, "answer"]}`; every 20th pair held
+out), `gap.json`, `generations/{chosen,
 rejected}.jsonl` (the resume stores), `DONE.json`.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from runtime.generate.contamination import Contaminated, eval_index, scan, summary
 from runtime.generate.distill import NoData, answer_is_correct
 from runtime.generate.engine import Sampling, generate_all
-from runtime.generate.records import prompt_set
+from runtime.generate.records import prompt_set, write_splits
 from runtime.generate.serving import generator
 from runtime.generate.store import ResultStore
-from runtime.outputs import atomic_write_json, atomic_write_text, output_dir, write_done
+from runtime.outputs import atomic_write_json, output_dir, write_done
 
 ROLES = ("chosen", "rejected")
 
@@ -68,18 +68,18 @@ def run_delta_pairs(job: dict[str, Any]) -> None:
         raise NoData(f"{label}: no pair survived ({', '.join(f'{k} {v}' for k, v in counts.items())}): nothing for "
                       "DPO to train on")
     answer_field = block.get("answer_field")
-    lines = [json.dumps({"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
-                         **({"answer": str(p["row"][answer_field])} if answer_field else {})}, ensure_ascii=False)
-             for p in kept]
-    atomic_write_text(out / config["output"], "".join(line + "\n" for line in lines))
-    atomic_write_json(out / "gap.json", {"models": served, "gap": gap, "counts": counts, "generation": timing})
+    splits = write_splits(out / config["output"], [
+        {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
+         **({"answer": str(p["row"][answer_field])} if answer_field else {})} for p in kept])
+    atomic_write_json(out / "gap.json", {"models": served, "gap": gap, "counts": counts, "splits": splits,
+                                         "generation": timing})
     if gap:
         print(f"{label}: chosen accuracy {gap['chosen_accuracy']:.3f}, rejected {gap['rejected_accuracy']:.3f}, "
               f"gap {gap['gap']:+.3f}; chosen right and rejected wrong on {gap['chosen_beats_rejected']:.3f}", flush=True)
     print(f"{label}: kept {counts['kept']} of {counts['prompts']} pairs", flush=True)
     metrics = {f"delta/{k}": v for k, v in {**gap, **counts}.items()}
-    write_done(out, {"job": label, "hash": job.get("hash"), "counts": counts, "gap": gap, "generation": timing,
-                     "metrics": metrics})
+    write_done(out, {"job": label, "hash": job.get("hash"), "counts": counts, "splits": splits, "gap": gap,
+                     "generation": timing, "metrics": metrics})
 
 
 def _prompt_field(messages: list[dict[str, str]]) -> Any:

@@ -6,22 +6,22 @@ Order of the filters: empty replies out; wrong final answers out (`verify_answer
 (the recipe's tokenizer) cut there or dropped; samples that overlap the eval sets dropped (or the job fails) as
 the recipe's decontamination policy says. Every count is in `provenance.json` and `DONE.json`.
 
-Outputs: `sft.jsonl` (`{"messages": [...], "source": {"prompt": i, "sample": k}}`), `provenance.json`,
+Outputs: `sft/{train,validation}.jsonl` (`{"messages": [...], "source": {"prompt": i, "sample": k}}`; every 20th
+sample held out), `provenance.json`,
 `generations/teacher.jsonl` (raw replies, the resume store), `DONE.json`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from runtime.generate.contamination import Contaminated, eval_index, scan, summary
 from runtime.generate.dedup import dedup
 from runtime.generate.engine import Sampling, generate_all
-from runtime.generate.records import prompt_set
+from runtime.generate.records import prompt_set, write_splits
 from runtime.generate.serving import generator
 from runtime.generate.store import ResultStore
-from runtime.outputs import atomic_write_json, atomic_write_text, output_dir, write_done
+from runtime.outputs import atomic_write_json, output_dir, write_done
 
 
 def run_distill(job: dict[str, Any]) -> None:
@@ -61,17 +61,17 @@ def run_distill(job: dict[str, Any]) -> None:
     counts["kept"] = len(samples)
     if not samples:
         raise NoData(f"{label}: no sample survived the filters ({_counts_text(counts)}): nothing for SFT to train on")
-    lines = [json.dumps({"messages": s["messages"], "source": {"prompt": s["prompt"], "sample": s["sample"]}},
-                        ensure_ascii=False) for s in samples]
-    atomic_write_text(out / config["output"], "".join(line + "\n" for line in lines))
+    splits = write_splits(out / config["output"], [
+        {"messages": s["messages"], "source": {"prompt": s["prompt"], "sample": s["sample"]}} for s in samples])
     tokens = sum(int(r.get("tokens") or 0) for result in results.values() for r in result["replies"])
     provenance = {"teacher": served, "sampling": {k: block[k] for k in ("samples_per_prompt", "max_tokens",
                                                                           "temperature", "top_p", "seed")},
-                  "prompts": block["prompts"], "filters": filters, "counts": counts, "generation": timing,
+                  "prompts": block["prompts"], "filters": filters, "counts": counts, "splits": splits,
+                  "generation": timing,
                   "tokens_per_s": round(tokens / timing["seconds"], 1) if timing["seconds"] else None}
     atomic_write_json(out / "provenance.json", provenance)
     print(f"{label}: kept {counts['kept']} of {counts['generated']} samples: {_counts_text(counts)}", flush=True)
-    write_done(out, {"job": label, "hash": job.get("hash"), "counts": counts, "generation": timing,
+    write_done(out, {"job": label, "hash": job.get("hash"), "counts": counts, "splits": splits, "generation": timing,
                      "metrics": {f"distill/{k}": v for k, v in counts.items()}})
 
 

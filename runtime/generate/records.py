@@ -2,6 +2,8 @@
 training record, for deduplication and decontamination."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
@@ -60,3 +62,23 @@ def record_texts(value: Any) -> list[str]:
     if isinstance(value, Sequence):
         return [text for item in value for text in record_texts(item)]
     return [str(value)]
+
+
+VALIDATION_EVERY = 20  # every 20th record of a generated set is held out (5%), when there are at least 20
+
+
+def write_splits(folder: Path, records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """A generated data set as `folder/train.jsonl` and `folder/validation.jsonl` (the layout every loader reads; the
+    training jobs report held-out loss or reward accuracy on the validation split). Each file written atomically."""
+    from runtime.outputs import atomic_write_text
+
+    held_out = len(records) >= VALIDATION_EVERY
+    splits: dict[str, list[str]] = {"train": [], "validation": []}
+    for i, record in enumerate(records):
+        split = "validation" if held_out and i % VALIDATION_EVERY == VALIDATION_EVERY - 1 else "train"
+        splits[split].append(json.dumps(record, ensure_ascii=False) + "\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, lines in splits.items():
+        if lines or split == "train":
+            atomic_write_text(folder / f"{split}.jsonl", "".join(lines))
+    return {split: len(lines) for split, lines in splits.items()}

@@ -41,14 +41,14 @@ def test_generation_jobs_feed_their_stages(tmp_path: Path) -> None:
     assert set(delta["config"]["models"]) == {"chosen", "rejected"}
     assert distill["depends_on"] == ["decontaminate", "teacher"]
     assert delta["depends_on"] == ["decontaminate", "teacher", "weak"]
-    assert jobs["sft"]["config"]["data"] == {"from_job": "sft-distill", "file": "sft.jsonl", "text_field": "messages"}
-    assert jobs["dpo"]["config"]["data"] == {"from_job": "dpo-delta-pairs", "file": "pairs.jsonl"}
+    assert jobs["sft"]["config"]["data"] == {"from_job": "sft-distill", "file": "sft", "text_field": "messages"}
+    assert jobs["dpo"]["config"]["data"] == {"from_job": "dpo-delta-pairs", "file": "pairs"}
     assert "sft-distill" in jobs["sft"]["depends_on"] and "dpo-delta-pairs" in jobs["dpo"]["depends_on"]
     assert distill["config"]["tokenizer"] == "../data/toy/tokenizer"  # length caps count the recipe's tokens
     assert distill["config"]["serve"] == {"gpus": 0, "max_model_len": 256, "environment": "inference-cpu"}
     # generated data is decontaminated by the job that makes it, with the recipe's settings
     assert distill["config"]["decontamination"]["eval_sets"]["toy_arith"]["text_field"] == "question"
-    assert distill["estimates"]["sequences"] == 1000 * 4
+    assert distill["estimates"]["sequences"] == 2000 * 4
 
 
 def test_decontaminate_runs_first_and_every_static_dataset_is_checked_once(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def test_an_endpoint_that_goes_down_mid_run_loses_nothing_and_repeats_nothing(en
 def generation_job(tmp_path: Path, kind: str, block: dict[str, Any], models: dict[str, Any],
                    decontam: dict[str, Any] | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {("distill" if kind == "distill" else "delta"): block, "models": models,
-                              "output": "sft.jsonl" if kind == "distill" else "pairs.jsonl",
+                              "output": "sft" if kind == "distill" else "pairs",
                               "serve": {"gpus": 0, "max_model_len": 256, "environment": "inference-cpu"},
                               "tokenizer": str(ROOT / "data" / "toy" / "tokenizer")}
     if decontam:
@@ -227,7 +227,7 @@ def test_distill_filters_are_counted_and_a_failed_run_resumes(endpoint: Endpoint
     endpoint.fail_from = 12
     with pytest.raises(EndpointFailed):
         run_distill(job)
-    assert not (out / "sft.jsonl").exists() and not (out / "DONE.json").exists()  # nothing half-written
+    assert not (out / "sft").exists() and not (out / "DONE.json").exists()  # nothing half-written
     endpoint.fail_from = None
     run_distill(job)
     done = json.loads((out / "DONE.json").read_text())
@@ -237,7 +237,8 @@ def test_distill_filters_are_counted_and_a_failed_run_resumes(endpoint: Endpoint
     assert counts["contaminated"] == 3  # prompt 7's three samples contain the eval question
     assert counts["kept"] == 60 - 12 - 2 - 3
     assert counts["over_length"] == 60 - 12 - 2  # every reply is over 6 tokens; cut before the eval-overlap check
-    rows = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for split in ("train", "validation") for line in (out / "sft" / f"{split}.jsonl").read_text().splitlines()]
+    assert done["splits"] == {"train": 41, "validation": 2}  # every 20th sample held out
     assert len(rows) == counts["kept"] and all(r["messages"][0]["role"] == "user" for r in rows)
     assert all(len(toy_tokens(toy_tokenizer, r["messages"][1]["content"])) <= 6 for r in rows)
     assert {r["source"]["prompt"] for r in rows} == set(range(20)) - {4, 9, 14, 19, 7}
@@ -246,10 +247,10 @@ def test_distill_filters_are_counted_and_a_failed_run_resumes(endpoint: Endpoint
     assert provenance["generation"]["resumed"] > 0  # the second run went on from the first
     # every prompt stored: a rerun (the filters changed, say) asks the endpoint nothing, even when it is down
     endpoint.fail_from, asked = 0, len(endpoint.requests)
-    first = (out / "sft.jsonl").read_text()
+    first = (out / "sft" / "train.jsonl").read_text()
     (out / "DONE.json").unlink()
     run_distill(job)
-    assert len(endpoint.requests) == asked and (out / "sft.jsonl").read_text() == first
+    assert len(endpoint.requests) == asked and (out / "sft" / "train.jsonl").read_text() == first
 
 
 def test_delta_pairs_report_the_gap_and_keep_verified_chosen(endpoint: Endpoint, tmp_path: Path,
@@ -266,7 +267,8 @@ def test_delta_pairs_report_the_gap_and_keep_verified_chosen(endpoint: Endpoint,
     assert done["counts"]["kept"] == 16 and done["metrics"]["delta/gap"] == 0.6
     from runtime.dpo import pair_conversations
 
-    rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "pairs" / "train.jsonl").read_text().splitlines()]
+    assert done["splits"] == {"train": 16, "validation": 0}  # under 20 pairs: nothing held out
     chosen, rejected = pair_conversations(rows[0])  # what the DPO stage reads
     assert chosen[0] == rejected[0] == {"role": "user", "content": "What is 0 + 0?"}
     assert chosen[1]["content"].endswith("Answer: 0") and rejected[1]["content"].endswith("Answer: 1")

@@ -31,7 +31,7 @@ from conftest import REPO, TINY
 TRAINING_JOBS = ["pretrain", "midtrain", "long-context", "teacher", "weak", "sft", "dpo"]
 SHORT = ["stages.pretrain.tokens=150000", "stages.pretrain.checkpoint_every=20",
          "stages.midtrain.tokens=40000", "stages.long-context.tokens=40000",
-         "stages.teacher.steps=20", "stages.weak.steps=4",
+         "stages.teacher.steps=20", "stages.weak.steps=6",
          # a 20-step teacher answers almost nothing right: keep its samples unverified, every pair
          "stages.sft.distill.num_prompts=48", "stages.sft.distill.samples_per_prompt=2",
          "stages.sft.distill.filters.verify_answers=false", "stages.dpo.delta.num_prompts=48", "stages.dpo.delta.keep=all",
@@ -121,12 +121,12 @@ def check_datagen(jobs: dict[str, Any], planted: int) -> dict[str, Any]:
     assert decontam["totals"]["contaminated"] == planted
     assert len(json.loads((out["decontaminate"] / "drop" / "source-arithmetic.json").read_text())) == planted
     distill = json.loads((out["sft-distill"] / "DONE.json").read_text())
-    sft_rows = (out["sft-distill"] / "sft.jsonl").read_text().splitlines()
-    assert distill["counts"]["kept"] == len(sft_rows) > 0 and distill["counts"]["generated"] >= len(sft_rows)
+    assert distill["counts"]["kept"] == sum(distill["splits"].values()) > 0
+    assert distill["splits"]["train"] == len((out["sft-distill"] / "sft" / "train.jsonl").read_text().splitlines())
     assert json.loads((out["sft"] / "config.json").read_text())["config"]["data"]["from_job"] == "sft-distill"
     delta = json.loads((out["dpo-delta-pairs"] / "DONE.json").read_text())
     assert set(delta["gap"]) == {"chosen_accuracy", "rejected_accuracy", "gap", "chosen_beats_rejected"}
-    assert delta["counts"]["kept"] == len((out["dpo-delta-pairs"] / "pairs.jsonl").read_text().splitlines()) > 0
+    assert delta["counts"]["kept"] == sum(delta["splits"].values()) > 0
     return {"decontam": decontam["totals"], "distill": distill["counts"], "delta": {**delta["gap"], **delta["counts"]}}
 
 

@@ -134,3 +134,42 @@ def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_pat
     assert "pretrain" in result.stdout and "loss " in result.stdout  # the printed report
     again = launch_tiny(recipe, tmp_path, sets, timeout=300, extra=["--executor", "slurm", "--only", "pretrain"])
     assert again.returncode == 0 and report(tmp_path)["jobs"]["pretrain"]["state"] == "cached"
+
+
+def test_distillation_serves_its_teacher_inside_a_slurm_job(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
+    """tiny-think's decontamination check, then its distill job on the cluster: the job starts vLLM (the inference
+    environment) on the node for a teacher given as a folder (a random-init model of the recipe's architecture
+    with the toy tokenizer), samples, filters and writes the SFT data."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+    from test_pipeline import launch as launch_tiny, report, tiny_tree
+
+    from compiler.build import compile_recipe
+    from runtime.hf_export import export_hf
+    from runtime.model_factory import build_model
+    from spec.model import ModelSpec
+
+    recipe = tiny_tree(tmp_path, 0.02)
+    plan = compile_recipe(str(recipe)).plan
+    spec = ModelSpec.model_validate(next(j for j in plan["jobs"] if j["id"] == "sft")["config"]["model"])
+    teacher = export_hf(build_model(spec, seed=0), spec, tmp_path / "teacher-model",
+                        extra_config={"bos_token_id": 0, "eos_token_id": 1})
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (teacher / name).write_bytes((tmp_path / "data" / "toy" / "tokenizer" / name).read_bytes())
+    sets = ["stages.sft.distill.teacher=../teacher-model", "stages.sft.distill.num_prompts=16",
+            "stages.sft.distill.samples_per_prompt=2", "stages.sft.distill.max_tokens=32",
+            "stages.sft.distill.filters.verify_answers=false"]
+    result = launch_tiny(recipe, tmp_path, sets, timeout=900, extra=["--executor", "slurm", "--only", "sft-distill"])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    jobs = report(tmp_path)["jobs"]
+    assert {j for j, v in jobs.items() if v["state"] == "done"} == {"decontaminate", "sft-distill"}
+    assert report(tmp_path)["executor"] == "slurm"
+    run_state = json.loads((tmp_path / "runs" / "tiny-think" / "state.json").read_text())
+    assert run_state["jobs"]["sft-distill"]["executor_id"]  # a Slurm job id
+    out = Path(jobs["sft-distill"]["output_dir"])
+    done = json.loads((out / "DONE.json").read_text())
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert done["counts"]["generated"] == 32
+    assert done["counts"]["kept"] == sum(done["splits"].values()) > 0
+    assert done["splits"]["train"] == len((out / "sft" / "train.jsonl").read_text().splitlines())
+    assert provenance["teacher"]["kind"] == "path" and provenance["teacher"]["start_s"] > 0
+    assert (out / "vllm-teacher.log").is_file()
