@@ -48,7 +48,7 @@ DIRECT = textwrap.dedent("""
 
 def distill_job(folder: Path, model: Path, prompts: Path, args: argparse.Namespace) -> dict[str, Any]:
     block = {"prompts": {"path": str(prompts), "text_field": "prompt", "split": "train"}, "answer_field": "answer",
-             "max_tokens": args.max_tokens, "temperature": 0.7, "top_p": 1.0, "seed": 0, "concurrency": args.concurrency,
+             "max_tokens": args.max_tokens, "temperature": 0.7, "top_p": 1.0, "seed": 0, "max_num_seqs": args.max_num_seqs,
              "request_timeout": 600, "retries": 2, "samples_per_prompt": args.n,
              "filters": {"verify_answers": False, "dedup": True, "dedup_threshold": 0.8, "max_length": None}}
     return {"id": "bench-distill", "kind": "distill", "hash": "bench", "recipe_dir": str(folder),
@@ -74,7 +74,7 @@ def run_ours(job: dict[str, Any], out: Path) -> dict[str, float]:
 
 
 def run_direct(python: Path, model: Path, prompts: list[str], args: argparse.Namespace) -> dict[str, float]:
-    spec = {"model": str(model), "tokenizer": str(model), "max_model_len": 256, "max_num_seqs": args.concurrency * 4,
+    spec = {"model": str(model), "tokenizer": str(model), "max_model_len": 256, "max_num_seqs": args.max_num_seqs,
             "n": args.n, "temperature": 0.7, "max_tokens": args.max_tokens, "prompts": prompts}
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--max-num-seqs", type=int, default=128, help="the engine's batch, the same on both paths")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     from runtime import environments

@@ -18,7 +18,6 @@ from spec.generation import Delta, Distill, Endpoint, GenerationSettings
 from spec.model import ModelSpec
 from spec.stages import StageBase
 
-GENERATION_BATCH = 256  # sequences an engine decodes at once (vLLM's default max_num_seqs)
 OUTPUT_FILES = {"distill": "sft", "delta_pairs": "pairs"}  # folders: train.jsonl and validation.jsonl
 
 
@@ -61,7 +60,8 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
         ctx.error((*at, "gpus"), f"generation: {problem}")
     nodes = nodes_for(cluster, gpus)
     per_node = math.ceil(gpus / nodes) if gpus else 0
-    est = _generation_estimates(ctx, served, sequences, block.max_tokens, gpus, block.tensor_parallel)
+    est = _generation_estimates(ctx, served, sequences, block.max_tokens, gpus, block.tensor_parallel,
+                                block.max_num_seqs)
     settings = dump(block, exclude={"teacher", "chosen", "rejected", "gpus"})
     config: dict[str, Any] = {block_name: settings, "models": models, "output": OUTPUT_FILES[job_kind],
                               "serve": {"gpus": gpus, "max_model_len": max_model_len,
@@ -75,12 +75,12 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
 
 
 def _generation_estimates(ctx: PlanContext, models: list[ModelSpec | None], sequences: int | None,
-                          max_tokens: int, gpus: int, tensor_parallel: int) -> dict[str, Any]:
+                          max_tokens: int, gpus: int, tensor_parallel: int, max_num_seqs: int) -> dict[str, Any]:
     """Time and memory of generating `sequences` responses of up to `max_tokens` with each served model in turn.
 
     Known only when every served model is a stage of this recipe and the prompt count is given; external
     models (a Hugging Face teacher, an endpoint) have no size here. Upper bound: every response at max length,
-    prompts ignored (responses dominate), waves of GENERATION_BATCH sequences per engine.
+    prompts ignored (responses dominate), waves of `max_num_seqs` sequences per engine.
     """
     unknown = {"gpu_hours": None, "wall_hours": None, "memory_per_gpu_bytes": None}
     if sequences is None or not models or any(m is None for m in models):
@@ -91,7 +91,7 @@ def _generation_estimates(ctx: PlanContext, models: list[ModelSpec | None], sequ
     for model in models:
         assert model is not None
         model = as_run_on(model, device)
-        batch = min(sequences, engines * GENERATION_BATCH)
+        batch = min(sequences, engines * max_num_seqs)
         waves = math.ceil(sequences / batch)
         seconds += waves * estimates.rollout_decode_seconds(
             model, sequences=batch, prompt_tokens=0, response_tokens=max_tokens, tensor_parallel=tensor_parallel,

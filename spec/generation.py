@@ -57,7 +57,12 @@ class GenerationSettings(Spec):
     gpus: Annotated[int, Field(ge=0)] = Field(8, description="GPUs for the plan's vLLM engines (0 on CPU).")
     tensor_parallel: PositiveInt = Field(1, description="Tensor-parallel degree of each engine.")
     max_model_len: PositiveInt | None = Field(None, description="vLLM max model length (default the model's).")
-    concurrency: PositiveInt = Field(64, description="Requests in flight at once.")
+    max_num_seqs: PositiveInt = Field(256, description="Sequences a served vLLM engine decodes at once.")
+    concurrency: PositiveInt | None = Field(
+        None,
+        description="Requests in flight at once (default: for a served model enough to keep its engine full, "
+        "1.5 x max_num_seqs / samples per request; for an endpoint 16).",
+    )
     request_timeout: PositiveFloat = Field(600.0, description="Seconds one request may take before it is retried.")
     retries: Annotated[int, Field(ge=0)] = Field(5, description="Retries of a failed request before the job fails.")
 

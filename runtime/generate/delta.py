@@ -17,7 +17,7 @@ from typing import Any
 
 from runtime.generate.contamination import Contaminated, eval_index, scan, summary
 from runtime.generate.distill import NoData, answer_is_correct
-from runtime.generate.engine import Sampling, generate_all
+from runtime.generate.engine import Sampling, concurrency_for, generate_all
 from runtime.generate.records import prompt_set, write_splits
 from runtime.generate.serving import generator
 from runtime.generate.store import ResultStore
@@ -39,8 +39,9 @@ def run_delta_pairs(job: dict[str, Any]) -> None:
         with ResultStore(out / "generations" / f"{role}.jsonl") as store:
             if len(store.results) < len(prompts):
                 with generator(job, role, out) as (client, served[role]):
-                    timing[role] = generate_all(client, prompts, store, Sampling.of(block), label=f"{label} {role}",
-                                                concurrency=int(block.get("concurrency", 64)))
+                    timing[role] = generate_all(
+                        client, prompts, store, Sampling.of(block), label=f"{label} {role}",
+                        concurrency=concurrency_for(block, 1, served[role]["kind"] != "endpoint"))
             replies[role] = [store.results[i]["replies"][0]["text"] for i in range(len(prompts))]
     pairs = [{"index": i, "prompt": _prompt_field(prompts[i]), "chosen": replies["chosen"][i],
               "rejected": replies["rejected"][i], "row": rows[i]} for i in range(len(prompts))]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from runtime.generate.contamination import Contaminated, eval_index, scan, summary
 from runtime.generate.dedup import dedup
-from runtime.generate.engine import Sampling, generate_all
+from runtime.generate.engine import Sampling, concurrency_for, generate_all
 from runtime.generate.records import prompt_set, write_splits
 from runtime.generate.serving import generator
 from runtime.generate.store import ResultStore
@@ -35,9 +35,10 @@ def run_distill(job: dict[str, Any]) -> None:
     timing: dict[str, Any] = {"asked": 0, "seconds": 0.0}
     with ResultStore(out / "generations" / "teacher.jsonl") as store:
         if len(store.results) < len(prompts):  # a rerun after the filters failed needs no server
+            n = int(block["samples_per_prompt"])
             with generator(job, "teacher", out) as (client, served):
-                timing = generate_all(client, prompts, store, Sampling.of(block, int(block["samples_per_prompt"])),
-                                      concurrency=int(block.get("concurrency", 64)), label=label)
+                timing = generate_all(client, prompts, store, Sampling.of(block, n), label=label,
+                                      concurrency=concurrency_for(block, n, served["kind"] != "endpoint"))
         results = store.results
     samples = [{"prompt": i, "sample": k, "messages": prompts[i] + [{"role": "assistant", "content": reply["text"]}],
                 "row": rows[i], "finish_reason": reply["finish_reason"]}

@@ -30,6 +30,19 @@ class Sampling:
                    top_p=float(block.get("top_p", 1.0)), seed=int(block.get("seed", 0)))
 
 
+ENDPOINT_CONCURRENCY = 16
+
+
+def concurrency_for(block: Mapping[str, Any], n: int, served: bool) -> int:
+    """Requests in flight: the block's `concurrency`, else for a served model enough that its engine always has
+    work queued when a request finishes (1.5 x max_num_seqs sequences), else ENDPOINT_CONCURRENCY."""
+    if block.get("concurrency"):
+        return int(block["concurrency"])
+    if not served:
+        return ENDPOINT_CONCURRENCY
+    return max(1, -(-3 * int(block.get("max_num_seqs", 256)) // (2 * n)))
+
+
 def generate_all(client: ChatClient, prompts: Sequence[list[dict[str, str]]], store: ResultStore, sampling: Sampling,
                  *, concurrency: int, log: Callable[[str], object] = print, label: str = "") -> dict[str, Any]:
     """Answer every prompt not yet in `store`; returns timing figures."""

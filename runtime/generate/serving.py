@@ -59,7 +59,7 @@ def generator(job: Mapping[str, Any], role: str, out: Path, *,
     serve = config["serve"]
     name = serve["environment"]
     python = environments.ensure(name, log=log)
-    settings = ServerSettings(max_model_len=int(serve["max_model_len"]), max_num_seqs=int(block.get("concurrency", 64)) * 4,
+    settings = ServerSettings(max_model_len=int(serve["max_model_len"]), max_num_seqs=int(block.get("max_num_seqs", 256)),
                               device=environments.get(name).device, tensor_parallel=int(block.get("tensor_parallel", 1)),
                               seed=int(block.get("seed", 0)), enforce_eager=environments.get(name).device == "cpu")
     started = time.time()
