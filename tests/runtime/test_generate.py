@@ -23,7 +23,6 @@ from runtime.generate.distill import run_distill
 from runtime.generate.engine import Sampling, generate_all
 from runtime.generate.store import ResultStore
 
-ROOT = Path(__file__).resolve().parents[2]
 QUESTION = re.compile(r"What is (\d+) \+ (\d+)\?")
 
 
@@ -176,12 +175,12 @@ def test_an_endpoint_that_goes_down_mid_run_loses_nothing_and_repeats_nothing(en
 # --------------------------------------------------------------------------- the jobs
 
 
-def generation_job(tmp_path: Path, kind: str, block: dict[str, Any], models: dict[str, Any],
+def generation_job(tmp_path: Path, kind: str, block: dict[str, Any], models: dict[str, Any], tokenizer: Path,
                    decontam: dict[str, Any] | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {("distill" if kind == "distill" else "delta"): block, "models": models,
                               "output": "sft" if kind == "distill" else "pairs",
                               "serve": {"gpus": 0, "max_model_len": 256, "environment": "inference-cpu"},
-                              "tokenizer": str(ROOT / "data" / "toy" / "tokenizer")}
+                              "tokenizer": str(tokenizer)}
     if decontam:
         config["decontamination"] = decontam
     return {"id": f"x-{kind}", "kind": kind, "hash": "h", "config": config, "recipe_dir": str(tmp_path)}
@@ -197,12 +196,16 @@ def endpoint_ref(endpoint: Endpoint, model: str) -> dict[str, Any]:
     return {"kind": "endpoint", "url": endpoint.url, "model": model, "api_key_env": None}
 
 
-@pytest.fixture
-def toy_tokenizer() -> Path:
-    folder = ROOT / "data" / "toy" / "tokenizer"
-    if not (folder / "tokenizer.json").is_file():
-        pytest.fail("needs the toy world's tokenizer: python -m runtime.toyworld data/toy")
-    return folder
+@pytest.fixture(scope="module")
+def toy_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE (runtime.tokenizer, as the toy world trains) on text like the endpoint's replies."""
+    from runtime.tokenizer import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    text = folder / "text.txt"
+    text.write_text("\n".join(f"What is {a} + {b}? {a} + {b} = {a + b} (try {a % 4})\nAnswer: {a + b}"
+                              for a in range(60) for b in range(7)))
+    return train_tokenizer([text], folder / "tok", vocab_size=400)
 
 
 def toy_tokens(folder: Path, text: str) -> list[int]:
@@ -221,7 +224,7 @@ def test_distill_filters_are_counted_and_a_failed_run_resumes(endpoint: Endpoint
     filters = {"verify_answers": True, "dedup": True, "dedup_threshold": 0.8, "max_length": 6,
                "over_length": "truncate"}
     job = generation_job(tmp_path, "distill", block(prompts, samples_per_prompt=3, filters=filters),
-                         {"teacher": endpoint_ref(endpoint, "strong")}, decontam)
+                         {"teacher": endpoint_ref(endpoint, "strong")}, toy_tokenizer, decontam)
     out = tmp_path / "out"
     monkeypatch.setenv("RECIPE_OUTPUT_DIR", str(out))
     endpoint.fail_from = 12
@@ -254,10 +257,12 @@ def test_distill_filters_are_counted_and_a_failed_run_resumes(endpoint: Endpoint
 
 
 def test_delta_pairs_report_the_gap_and_keep_verified_chosen(endpoint: Endpoint, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             toy_tokenizer: Path) -> None:
     prompts = write_prompts(tmp_path / "prompts.jsonl", 20)
     job = generation_job(tmp_path, "delta_pairs", block(prompts, keep="chosen_beats_rejected"),
-                         {"chosen": endpoint_ref(endpoint, "strong"), "rejected": endpoint_ref(endpoint, "weak")})
+                         {"chosen": endpoint_ref(endpoint, "strong"), "rejected": endpoint_ref(endpoint, "weak")},
+                         toy_tokenizer)
     out = tmp_path / "out"
     monkeypatch.setenv("RECIPE_OUTPUT_DIR", str(out))
     run_delta_pairs(job)
