@@ -60,7 +60,7 @@ def apply_overrides(job: dict[str, Any], overrides: list[str]) -> None:
 def jobs(steps: int, staleness: int, overrides: list[str], reward_mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
     from compiler.build import compile_recipe
 
-    plan = compile_recipe(str(ROOT / "recipes" / "tiny-think.yaml")).plan
+    plan = compile_recipe(str(ROOT / "recipes" / "tiny-think.yaml"), ["decontamination=null"]).plan  # standalone: no drop lists
     by_id = {j["id"]: j for j in plan["jobs"]}
     trainer, sidecar = by_id["rlvr"], by_id["rlvr-rollout"]
     for job in (trainer, sidecar):

@@ -108,6 +108,10 @@ def build_mix_jobs(ctx: PlanContext) -> None:
     memory = estimates.training_memory_per_gpu(model, seq_len=proxy.seq_len, micro_batch_size=micro, fsdp=1)
     if memory.total > device.memory_bytes:
         ctx.error((*at, "micro_batch_size"), f"a proxy needs {memory.total / GIB:.1f} GiB per {'GPU' if device.kind == 'gpu' else 'process'}, the {device.name} has {device.memory_bytes / GIB:.0f}: lower micro_batch_size (now {micro})")
+    fewest = max(2 * search.regressor.cv_folds, 8)  # as runtime.regmix.fit.FitSettings.min_runs: two runs per fold
+    if search.swarm_size < fewest:
+        ctx.error(("data", "mix", "swarm_size"), f"{search.swarm_size} proxies are too few for the fit's "
+                  f"{search.regressor.cv_folds}-fold CV: at least {fewest}")
     sources = {name: src.model_dump(mode="json") for name, src in ctx.recipe.data.sources.items()}
     nodes = nodes_for(cluster, proxy.gpus)
     swarm = Job(

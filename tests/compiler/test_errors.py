@@ -413,6 +413,12 @@ def test_regmix_min_weight_above_max_weight(tmp_path: Path, tiny_full_text: str)
     assert message.startswith("min weight 0.5 of 'text' exceeds its max 0.3")
 
 
+def test_regmix_swarm_too_small_for_its_cv(tmp_path: Path, tiny_full_text: str) -> None:
+    text = edit(tiny_full_text, "swarm_size: 24", "swarm_size: 6")
+    message = expect_one(tmp_path, text, "swarm_size: 6", "data.mix.swarm_size", value="6")
+    assert message == "6 proxies are too few for the fit's 4-fold CV: at least 8"
+
+
 def test_regmix_unknown_source_in_constraints(tmp_path: Path, tiny_full_text: str) -> None:
     text = edit(tiny_full_text, "min_weight: {text: 0.1}", "min_weight: {txt: 0.1}")
     message = expect_one(tmp_path, text, "0.1}", "data.mix.constraints.min_weight.txt")

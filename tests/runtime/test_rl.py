@@ -128,7 +128,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     toy = root / "toy"
     subprocess.run([sys.executable, "-m", "runtime.toyworld", str(toy), "--scale", "0.02"], cwd=ROOT, check=True,
                    capture_output=True)
-    plan = compile_recipe(str(ROOT / "recipes" / "tiny-think.yaml")).plan
+    plan = compile_recipe(str(ROOT / "recipes" / "tiny-think.yaml"), ["decontamination=null"]).plan  # standalone: no drop lists
     jobs = {j["id"]: j for j in plan["jobs"]}
     sidecar_job, trainer_job = jobs["rlvr-rollout"], jobs["rlvr"]
     spec = ModelSpec.model_validate(sidecar_job["config"]["model"])

@@ -113,14 +113,14 @@ def test_a_job_at_its_time_limit_is_requeued_and_finishes(slurm_cluster: dict[st
 
 def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
     """The real runtime on the cluster: tiny-think's decontamination check (which finds the planted eval problem),
-    its RegMix search (4 small proxies: a Slurm array of trainings, one of evals, the fit and the solve) and its pretrain (cut short) through `--executor slurm`, with the same report as
+    its RegMix search (8 small proxies: a Slurm array of trainings, one of evals, the fit and the solve) and its pretrain (cut short) through `--executor slurm`, with the same report as
     the local executor; a relaunch submits nothing."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
     from test_pipeline import launch as launch_tiny, report, tiny_tree
 
     recipe = tiny_tree(tmp_path, 0.02)
     sets = ["stages.pretrain.tokens=100000", "stages.pretrain.resources.time_limit=00:10:00",
-            "data.mix.swarm_size=4", "data.mix.regressor.cv_folds=2", "data.mix.proxy.tokens=10000",
+            "data.mix.swarm_size=8", "data.mix.regressor.cv_folds=2", "data.mix.proxy.tokens=10000",
             "evals.suites.toy.limit=20", "evals.suites.mc.limit=20"]
     result = launch_tiny(recipe, tmp_path, sets, timeout=1200, extra=["--executor", "slurm", "--only", "pretrain"])
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
