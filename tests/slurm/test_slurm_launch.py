@@ -111,6 +111,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_finishes(slurm_cluster: dict[st
     assert calls(tmp_path, "mix-fit") == 1
 
 
+@pytest.mark.slow  # about 4 minutes; CI runs the real runtime on Slurm through the distillation test below
 def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
     """The real runtime on the cluster: tiny-think's decontamination check (which finds the planted eval problem),
     its RegMix search (8 small proxies: a Slurm array of trainings, one of evals, the fit and the solve) and its pretrain (cut short) through `--executor slurm`, with the same report as
