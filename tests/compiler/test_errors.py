@@ -413,10 +413,15 @@ def test_regmix_min_weight_above_max_weight(tmp_path: Path, tiny_full_text: str)
     assert message.startswith("min weight 0.5 of 'text' exceeds its max 0.3")
 
 
-def test_regmix_swarm_too_small_for_its_cv(tmp_path: Path, tiny_full_text: str) -> None:
+def test_regmix_swarm_too_small_for_its_cv_is_a_located_warning(tmp_path: Path, tiny_full_text: str) -> None:
     text = edit(tiny_full_text, "swarm_size: 24", "swarm_size: 6")
-    message = expect_one(tmp_path, text, "swarm_size: 6", "data.mix.swarm_size", value="6")
-    assert message == "6 proxies are too few for the fit's 4-fold CV: at least 8"
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = run_main(["compile", path, "-o", tmp_path / "out"])
+    assert result.code == 0, result.err
+    warnings = [line for line in result.out.splitlines() if "warning:" in line]
+    assert warnings == [f"{display(path)}:{position(text, 'swarm_size: 6', '6')}: warning: data.mix.swarm_size: 6 proxies "
+                        "are too few for the fit's 4-fold CV (at least 8): mix-fit will fail after the swarm"]
 
 
 def test_regmix_unknown_source_in_constraints(tmp_path: Path, tiny_full_text: str) -> None:
