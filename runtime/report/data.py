@@ -10,6 +10,10 @@ from typing import Any, Callable, Sequence
 
 Table = Callable[[Sequence[str], list[list[str]], Sequence[int]], str]
 KINDS = ("decontaminate", "distill", "delta_pairs")
+# Counts in the order the jobs apply their filters (DONE.json stores keys sorted); unknown keys follow.
+ORDER = ("chosen_accuracy", "rejected_accuracy", "gap", "chosen_beats_rejected", "prompts", "generated", "empty",
+         "hit_max_tokens", "wrong_answer", "identical_or_empty", "not_chosen_correct", "not_chosen_beats_rejected",
+         "exact_duplicates", "near_duplicates", "over_length", "contaminated", "kept")
 
 
 @dataclass
@@ -56,7 +60,9 @@ def decontam_table(job: DataJob, table: Table) -> tuple[str, str]:
 def generation_table(job: DataJob, table: Table) -> tuple[str, str]:
     counts = job.data.get("counts", {})
     gap = job.data.get("gap", {})
-    rows = [[name.replace("_", " "), _number(value)] for name, value in {**gap, **counts}.items()]
+    values = {**gap, **counts}
+    names = [n for n in ORDER if n in values] + sorted(n for n in values if n not in ORDER)
+    rows = [[name.replace("_", " "), _number(values[name])] for name in names]
     what = "distilled SFT samples" if job.kind == "distill" else "delta pairs (chosen vs rejected)"
     generation = job.data.get("generation", {})
     seconds = generation.get("seconds") if "seconds" in generation else sum(
