@@ -58,3 +58,17 @@ def scan(index: EvalIndex, rows: Sequence[Mapping[str, Any]], fields: Sequence[s
 def summary(name: str, result: ScanResult) -> str:
     parts = ", ".join(f"{s}: {c['rows']} rows / {c['items']} items" for s, c in result.by_eval_set.items())
     return f"{name}: {len(result.contaminated)} of {result.rows} rows overlap eval data" + (f" ({parts})" if parts else "")
+
+
+def apply_policy(job: Mapping[str, Any], rows: list[dict[str, Any]], fields: Sequence[str], settings: Mapping[str, Any],
+                 label: str, what: str) -> tuple[list[dict[str, Any]], int]:
+    """A generation job's own output against the eval sets: (rows kept, rows overlapping). `drop` leaves the
+    overlapping rows out, `fail` raises Contaminated (one line), `report` keeps them."""
+    result = scan(eval_index(job, settings), rows, fields)
+    print(f"{label}: {summary(what, result)}", flush=True)
+    if result.contaminated and settings["policy"] == "fail":
+        raise Contaminated(f"{label}: {summary(what, result)} (policy: fail)")
+    if settings["policy"] != "drop":
+        return rows, len(result.contaminated)
+    dropped = set(result.contaminated)
+    return [r for i, r in enumerate(rows) if i not in dropped], len(dropped)

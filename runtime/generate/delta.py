@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.generate.contamination import Contaminated, eval_index, scan, summary
+from runtime.generate.contamination import apply_policy
 from runtime.generate.distill import NoData, answer_is_correct
 from runtime.generate.engine import Sampling, concurrency_for, generate_all
 from runtime.generate.records import prompt_set, write_splits
@@ -56,14 +56,8 @@ def run_delta_pairs(job: dict[str, Any]) -> None:
         counts[f"not_{keep}"] = before - len(kept)
     decontam = config.get("decontamination")
     if decontam:
-        result = scan(eval_index(job, decontam), kept, ["prompt", "chosen", "rejected"])
-        print(f"{label}: {summary('pairs', result)}", flush=True)
-        counts["contaminated"] = len(result.contaminated)
-        if result.contaminated and decontam["policy"] == "fail":
-            raise Contaminated(f"{label}: {summary('pairs', result)} (policy: fail)")
-        if decontam["policy"] == "drop":
-            dropped = set(result.contaminated)
-            kept = [p for i, p in enumerate(kept) if i not in dropped]
+        kept, counts["contaminated"] = apply_policy(job, kept, ["prompt", "chosen", "rejected"], decontam, label,
+                                                    "pairs")
     counts["kept"] = len(kept)
     if not kept:
         raise NoData(f"{label}: no pair survived ({', '.join(f'{k} {v}' for k, v in counts.items())}): nothing for "

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from runtime.generate.contamination import Contaminated, eval_index, scan, summary
+from runtime.generate.contamination import apply_policy
 from runtime.generate.dedup import dedup
 from runtime.generate.engine import Sampling, concurrency_for, generate_all
 from runtime.generate.records import prompt_set, write_splits
@@ -58,7 +58,7 @@ def run_distill(job: dict[str, Any]) -> None:
                                                         filters.get("over_length", "truncate"))
     decontam = config.get("decontamination")
     if decontam:
-        samples, counts["contaminated"] = _decontaminated(job, samples, decontam, label)
+        samples, counts["contaminated"] = apply_policy(job, samples, ["messages"], decontam, label, "generated samples")
     counts["kept"] = len(samples)
     if not samples:
         raise NoData(f"{label}: no sample survived the filters ({_counts_text(counts)}): nothing for SFT to train on")
@@ -127,15 +127,3 @@ def _tokenizer(job: Mapping[str, Any]) -> tuple[Callable[[str], list[int]], Call
     folder = Path(resolve_path(job, job["config"]["tokenizer"]))
     tok = Tokenizer.from_file(str(folder / "tokenizer.json" if folder.is_dir() else folder))
     return (lambda text: tok.encode(text, add_special_tokens=False).ids), (lambda ids: tok.decode(ids))
-
-
-def _decontaminated(job: Mapping[str, Any], samples: list[dict[str, Any]], settings: Mapping[str, Any],
-                    label: str) -> tuple[list[dict[str, Any]], int]:
-    result = scan(eval_index(job, settings), samples, ["messages"])
-    print(f"{label}: {summary('generated samples', result)}", flush=True)
-    if result.contaminated and settings["policy"] == "fail":
-        raise Contaminated(f"{label}: {summary('generated samples', result)} (policy: fail)")
-    if settings["policy"] != "drop":
-        return samples, len(result.contaminated)
-    dropped = set(result.contaminated)
-    return [s for i, s in enumerate(samples) if i not in dropped], len(dropped)
