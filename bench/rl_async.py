@@ -14,7 +14,8 @@ them with, `recompute` mode: max and mean |diff|). Then the ratio async/sync of 
 
 Each run starts its own sidecar (`runtime.rollout:run_sidecar`) and trainer (`runtime.rl:run_trainer`) through
 `runtime.run_job`, with the environment variables the launcher sets (RECIPE_OUTPUT_DIR, RECIPE_INPUT_DPO,
-RECIPE_PEER_*). `--keep DIR` keeps the run folders (metrics.jsonl, DONE.json, logs); default a temporary folder.
+RECIPE_PEER_*, and RECIPE_CPU_CORES: half the cores each, the CPU stand-in for separate GPUs; `--share-cores` lets
+both use every core, as two jobs on one GPU would). `--keep DIR` keeps the run folders (metrics.jsonl, DONE.json, logs); default a temporary folder.
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def jobs(steps: int, staleness: int, overrides: list[str], reward_mode: str) -> 
     return trainer, sidecar
 
 
-def run_pair(trainer: dict[str, Any], sidecar: dict[str, Any], init: Path, out: Path) -> dict[str, Any]:
+def run_pair(trainer: dict[str, Any], sidecar: dict[str, Any], init: Path, out: Path, *, split: bool) -> dict[str, Any]:
+    from runtime.cpu_cores import ENV as CORES_ENV, available_cores, format_cores, split_cores
     from runtime.launch.prepare import peer_env_var
     from runtime.outputs import read_done, read_metrics
 
@@ -86,12 +88,16 @@ def run_pair(trainer: dict[str, Any], sidecar: dict[str, Any], init: Path, out: 
     t_dir, s_dir = out / "trainer", out / "sidecar"
     base = {k: v for k, v in os.environ.items() if not k.startswith("RECIPE_")}
     base.update(PYTHONPATH=str(ROOT), RECIPE_INPUT_DPO=str(init.resolve()))
+    shares = split_cores(available_cores(), 2) if split else None  # as the local launcher runs an RL group
+    cores = {"trainer": shares[0], "sidecar": shares[1]} if shares else {}
     procs = {}
     for name, job, own, peer in (("sidecar", sidecar, s_dir, (trainer["id"], t_dir)),
                                  ("trainer", trainer, t_dir, (sidecar["id"], s_dir))):
         own.mkdir(parents=True, exist_ok=True)
         (own / "config.json").write_text(json.dumps(job))
         env = {**base, "RECIPE_OUTPUT_DIR": str(own), peer_env_var(peer[0]): str(peer[1])}
+        if name in cores:
+            env[CORES_ENV] = format_cores(cores[name])
         log = open(out / f"{name}.log", "w")
         procs[name] = subprocess.Popen([sys.executable, "-m", "runtime.run_job", "--config", str(own / "config.json"),
                                         "--entry", job["entry"]], cwd=ROOT, env=env, stdout=log,
@@ -138,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--reward-mode", default="verifiers", choices=["verifiers", "random_reward"])
     parser.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
+    parser.add_argument("--share-cores", action="store_true",
+                        help="trainer and sidecar share every core (default: each gets half, as `recipe launch` runs "
+                             "a CPU-only RL group: the CPU stand-in for separate GPUs)")
     args = parser.parse_args(argv)
     if not (args.init / "hf" / "config.json").is_file():
         raise SystemExit(f"--init {args.init}: no hf/config.json (give the DPO job's output folder)")
@@ -146,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     for staleness in args.staleness:
         trainer, sidecar = jobs(args.steps, staleness, args.overrides, args.reward_mode)
         start = time.time()
-        result = run_pair(trainer, sidecar, args.init, root / f"staleness-{staleness}")
+        result = run_pair(trainer, sidecar, args.init, root / f"staleness-{staleness}", split=not args.share_cores)
         rows[staleness] = summarise(result)
         rows[staleness]["total_s"] = time.time() - start
         print(f"staleness {staleness}: {json.dumps(rows[staleness])}", flush=True)
     print(f"\nRL steps: {args.steps}, overrides: {args.overrides or 'none'}, reward: {args.reward_mode}, "
-          f"{os.cpu_count()} CPUs; run folders: {root}")
+          f"{os.cpu_count()} CPUs, {'shared by' if args.share_cores else 'split between'} trainer and sidecar; "
+          f"run folders: {root}")
     print(f"{'staleness':>9}  {'wall s':>7}  {'steps/s':>7}  {'trainer idle':>12}  {'sidecar idle':>12}  "
           f"{'async/sync':>10}  {'reward':>13}  {'exact match':>13}  {'dropped':>7}")
     sync = rows.get(0)

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--entry", required=True)
     args = parser.parse_args(argv)
+    from runtime.cpu_cores import pin_from_env
+
+    pin_from_env()  # before the entry imports torch: its thread pool inherits the job's cores
     job = json.loads(args.config.read_text(encoding="utf-8"))
     function = resolve_entry(args.entry)
     if function is None:

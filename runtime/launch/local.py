@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from runtime.launch.prepare import REPO, LaunchPlan, ensure_done, git_provenance, job_env, write_job_folder
+from runtime.cpu_cores import available_cores
+from runtime.launch.prepare import (REPO, LaunchPlan, ensure_done, git_provenance, group_cpu_env, job_env,
+                                   write_job_folder)
 from runtime.launch.state import RunState
 from runtime.plan import PlannedJob
 
@@ -135,7 +137,8 @@ class LocalLauncher:
             stale.unlink(missing_ok=True)
         executor = submitit.LocalExecutor(folder=out / "logs")
         executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=1)
-        running = _Running(job, executor, job_env(self.launch, job), config_path)
+        env = {**job_env(self.launch, job), **group_cpu_env(self.launch.plan, job, available_cores())}
+        running = _Running(job, executor, env, config_path)
         running.submit_more()
         self.running[job.id] = running
         self._set(job.id, "running", self.launch.decisions[job.id].why, executor_id=",".join(running.ids))

@@ -23,7 +23,7 @@ import hashlib
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from compiler.plan import FORMAT_VERSION, is_local_path
 from runtime.launch.state import write_json_atomically
@@ -341,6 +341,23 @@ def job_env(launch: LaunchPlan, job: PlannedJob) -> dict[str, str]:
             if peer.group == job.group and peer.id != job.id:
                 env[peer_env_var(peer.id)] = str(launch.output_dir(peer.id))
     return env
+
+
+def group_cpu_env(plan: Plan, job: PlannedJob, cores: Sequence[int]) -> dict[str, str]:
+    """RECIPE_CPU_CORES for a member of a CPU-only RL group run on this machine: the group's members (trainer
+    first) split `cores` between them, as they would get separate GPUs on a cluster (runtime/cpu_cores.py). Empty
+    for other jobs, for groups with GPUs and when there are fewer cores than members."""
+    from runtime.cpu_cores import ENV, format_cores, split_cores
+
+    if not job.group:
+        return {}
+    members = sorted((j for j in plan.jobs if j.group == job.group), key=lambda j: (j.kind != "rlvr_trainer", j.id))
+    if any(int(j.resources.get("gpus_per_node") or 0) > 0 for j in members):
+        return {}
+    shares = split_cores(cores, len(members))
+    if shares is None:
+        return {}
+    return {ENV: format_cores(shares[[j.id for j in members].index(job.id)])}
 
 
 def peer_env_var(job_id: str) -> str:

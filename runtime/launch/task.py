@@ -19,6 +19,9 @@ class NotImplementedYet(RuntimeError):
 def run_task(config_path: str, entry: str, env: dict[str, str]) -> Any:
     """Run one task of a job: env -> os.environ, new process group, entry(job_config)."""
     os.environ.update(env)
+    from runtime.cpu_cores import pin_from_env
+
+    pin_from_env()  # before the entry imports torch: its thread pool inherits the job's cores
     try:
         os.setpgrp()
     except OSError:  # already a group leader

@@ -264,8 +264,9 @@ class GRPOTrainer(RecipeTrainer):
         from spec.model import ModelSpec
 
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-            # the sidecar's vLLM shares these cores: half each (measured on 2 busy cores: a step's forward/backward
-            # takes ~1 s with one thread, 5-15 s with two threads fighting vLLM's)
+            # Not pinned to its own cores (runtime/cpu_cores.py sets OMP_NUM_THREADS when it pins): the sidecar's
+            # vLLM shares these cores, half each (measured on 2 busy cores: a step's forward/backward takes ~1 s
+            # with one thread, 5-15 s with two threads fighting vLLM's)
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
         rl = config.rl
         self.grpo, self.async_cfg = rl["grpo"], rl["async"]

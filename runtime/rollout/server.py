@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from runtime.cpu_cores import ENV as CORES_ENV, format_cores, parse_cores
+
 PR_SET_PDEATHSIG = 1
 SERVED_NAME = "policy"
 ADDRESS_IN_USE = "address already in use"
@@ -99,6 +101,8 @@ def server_env(settings: ServerSettings, base: Mapping[str, str] | None = None) 
                VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
     if settings.device == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+        if env.get(CORES_ENV):  # the job's own cores (runtime/cpu_cores.py): vLLM's threads stay on them
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", format_cores(parse_cores(env[CORES_ENV])))
     env.update(settings.extra_env)
     return env
 

@@ -27,7 +27,8 @@ def record(job: dict[str, Any]) -> None:
     (out / "metrics.jsonl").open("a").write(json.dumps({"step": 1, "loss": 2.5, "tokens_per_s": 1000.0}) + "\n")
     env = {k: v for k, v in os.environ.items() if k.startswith("RECIPE_")}
     (out / f"record.{task}.json").write_text(json.dumps({"id": job["id"], "start": start, "end": time.time(), "env": env, "pid": os.getpid(),
-                                                        "pgid": os.getpgrp()}))
+                                                        "pgid": os.getpgrp(),
+                                                        "affinity": sorted(os.sched_getaffinity(0))}))
     if not job.get("array"):
         (out / "DONE.json").write_text(json.dumps({"final_loss": 1.25, "metrics": {"acc": 0.5}}))
 

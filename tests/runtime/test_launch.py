@@ -4,6 +4,7 @@ entries are rewritten to the test entries in tests/runtime/launch_entries.py: th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,13 @@ def test_runs_in_dependency_order_with_inputs_groups_and_provenance(compiled: Pa
         assert len(members) == 2 and max(m["start"] for m in members) < min(m["end"] for m in members)
         peer = "RECIPE_PEER_" + ids[1].upper().replace("-", "_")
         assert members[0]["env"][peer] == jobs[ids[1]]["output_dir"]  # each finds the other's folder
+        # CPU-only group: trainer and sidecar run on disjoint halves of the cores, the trainer on the first
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) >= 2:
+            trainer, sidecar = sorted(members, key=lambda m: m["id"] != ids[0])
+            assert trainer["affinity"] == cores[:len(cores) - len(cores) // 2]
+            assert sidecar["affinity"] == cores[len(cores) - len(cores) // 2:]
+            assert trainer["env"]["RECIPE_CPU_CORES"] and sidecar["env"]["RECIPE_CPU_CORES"]
     report = json.loads((tmp_path / NAME / "report.json").read_text())
     assert report["ok"] and report["jobs"]["sft"]["final_loss"] == 1.25
     assert "loss 1.2500" in result.out
