@@ -42,7 +42,10 @@ def model_config(model: ModelSpec) -> dict[str, Any]:
     return {**dump(model), "head_dim": model.resolved_head_dim}
 
 
-def resources(ctx: PlanContext, nodes: int, gpus_per_node: int, processes: int, wall_hours: float | None, requested: str | None) -> dict[str, Any]:
+def resources(ctx: PlanContext, nodes: int, gpus_per_node: int, processes: int, wall_hours: float | None,
+              requested: str | None, *, sharers: int = 1) -> dict[str, Any]:
+    """`sharers`: how many jobs run at once on a CPU-only local cluster (an RL group's trainer and sidecar): each
+    asks for its share of the cores and memory, which is also how the local launcher pins them."""
     cluster = ctx.recipe.cluster
     slurm = isinstance(cluster, SlurmCluster)
     gpus = nodes * gpus_per_node
@@ -50,6 +53,8 @@ def resources(ctx: PlanContext, nodes: int, gpus_per_node: int, processes: int, 
         # A GPU job gets its GPUs' share of the node; a CPU-only job (mix fit/solve) an eighth of a node.
         share = gpus_per_node / cluster.gpus_per_node if gpus_per_node else 1 / 8
         cpus, memory = int(cluster.cpus_per_node * share), int(cluster.memory_per_node_gib * share)
+    elif gpus_per_node == 0 and cluster.gpus == 0:
+        cpus, memory = cluster.cpus // sharers, int(cluster.memory_gib) // sharers
     else:
         cpus, memory = cluster.cpus, int(cluster.memory_gib)
     return {

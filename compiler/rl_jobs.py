@@ -96,7 +96,8 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
                "rollouts_per_step": rollouts}
         ctx.add(Job(
             id=trainer_id, stage=stage.name, kind="rlvr_trainer", entry=JOB_ENTRIES["rlvr_trainer"], config=config,
-            resources=resources(ctx, scale.nodes, scale.gpus_per_node, scale.processes, wall_h, stage.resources.time_limit),
+            resources=resources(ctx, scale.nodes, scale.gpus_per_node, scale.processes, wall_h, stage.resources.time_limit,
+                                sharers=2),
             estimates=est, depends_on=sorted(set(deps)), group=trainer_id,
         ))
         ctx.add(Job(
@@ -105,7 +106,8 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
                     "environment": inference_environment(ctx.recipe.cluster),
                     "sampling": {"temperature": stage.grpo.temperature, "max_tokens": stage.grpo.max_response_tokens,
                                  "logprobs_mode": "processed_logprobs"}},
-            resources=resources(ctx, sidecar_nodes, math.ceil(r.gpus / sidecar_nodes) if r.gpus else 0, max(1, r.gpus), wall_h, stage.resources.time_limit),
+            resources=resources(ctx, sidecar_nodes, math.ceil(r.gpus / sidecar_nodes) if r.gpus else 0, max(1, r.gpus), wall_h,
+                                stage.resources.time_limit, sharers=2),
             estimates={"params": estimates.param_counts(model).total, "memory_per_gpu_bytes": rollout_memory.total,
                        "memory_breakdown_bytes": {"weights": rollout_memory.weights, "kv_cache": rollout_memory.kv_cache},
                        "kv_cache_bytes_per_token": estimates.kv_cache_bytes_per_token(model),

@@ -42,7 +42,7 @@ def exact_match(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Mapping[s
     was_training = model.training
     model.eval()
     eos = special_id(tokenizer, EOS)
-    hits, examples = 0, []
+    replies = []
     for row in rows:
         tokens = prompt_tokens(tokenizer, row, chat=chat)
         start = len(tokens)
@@ -52,13 +52,20 @@ def exact_match(model: torch.nn.Module, tokenizer: Any, rows: Sequence[Mapping[s
             if nxt == eos:
                 break
             tokens.append(nxt)
-        reply = tokenizer.decode(tokens[start:])
+        replies.append(tokenizer.decode(tokens[start:]))
+    if was_training:
+        model.train()
+    return score_replies(rows, replies)
+
+
+def score_replies(rows: Sequence[Mapping[str, str]], replies: Sequence[str]) -> dict[str, Any]:
+    """{"accuracy", "n", "examples"}: a hit when the reply's answer equals the row's `answer`."""
+    hits, examples = 0, []
+    for row, reply in zip(rows, replies, strict=True):
         hit = answer_of(reply) == str(row["answer"]).strip()
         hits += hit
         if len(examples) < 3:
             examples.append({"question": row["question"], "reply": reply, "answer": row["answer"], "hit": hit})
-    if was_training:
-        model.train()
     return {"accuracy": hits / len(rows) if rows else float("nan"), "n": len(rows), "examples": examples}
 
 

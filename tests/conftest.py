@@ -209,3 +209,26 @@ def stop_sidecar_job(proc: subprocess.Popen, trainer_dir: Path, reason: str = "t
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def generated_tokens(url: str) -> float:
+    """vLLM's `generation_tokens_total` counter from a server's Prometheus endpoint: how far decoding has got,
+    read from the server rather than guessed from wall time."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("vllm:generation_tokens_total")]
+    assert values, f"{url}/metrics has no vllm:generation_tokens_total"
+    return sum(values)
+
+
+def wait_for_tokens(url: str, at_least: float, timeout: float = 120.0) -> float:
+    """Poll `generated_tokens` until it reaches `at_least`; the count then."""
+    import time
+
+    deadline = time.time() + timeout
+    while (seen := generated_tokens(url)) < at_least and time.time() < deadline:
+        time.sleep(0.005)
+    return seen

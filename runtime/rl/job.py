@@ -12,12 +12,17 @@
   `random_reward` control (`rl.reward_mode`).
 - Outputs (`runtime.train._train_job`, shared with every trainer job): metrics.jsonl (one line per RL step, see
   `runtime.rl.trainer.RLStats`), checkpoint/ (resume), rollout-weights/ (the pushes), hf/, and DONE.json with
-  `eval.arith_exact_match` (held-out toy arithmetic, greedy, chat format) after RL beside
-  `eval.arith_exact_match_before`, the gain, and `eval.rl` (steps, samples dropped, sidecar restarts, idle fractions).
+  `eval.arith_exact_match` (200 held-out toy arithmetic questions, greedy, chat format, answered by the sidecar
+  serving the final weights) after RL beside `eval.arith_exact_match_before` (the same, at the first start:
+  held-out-before.json), the gain, and `eval.rl` (steps, samples dropped, sidecar restarts, idle fractions).
 """
 from __future__ import annotations
 
+import json
 from typing import Any
+
+
+RL_EVAL_QUESTIONS = 200  # the gain RL is judged by: 32 questions (the other jobs' check) move 3 points per answer
 
 
 def run_trainer(job: dict[str, Any]) -> None:
@@ -28,6 +33,7 @@ def run_trainer(job: dict[str, Any]) -> None:
         raise NotImplementedError(f"job {job['id']}: RL training runs in one process (scale.processes: 1)")
     from runtime.answer_eval import toy_arith_rows
     from runtime.outputs import output_dir, read_done
+    from runtime.rl.trainer import EVAL_BEFORE
     from runtime.rollout import control
     from runtime.rollout.sidecar import peer_dir
     from runtime.train import _train_job, data_paths, local_source
@@ -40,7 +46,7 @@ def run_trainer(job: dict[str, Any]) -> None:
     sidecar_dir = peer_dir(rl["rollout_job"], needed_by=f"job {job['id']}")
     (out / control.STOP).unlink(missing_ok=True)  # left by an earlier attempt of this job
     source = local_source(job, cfg["prompts"], "RL prompts")
-    eval_rows = toy_arith_rows(data_paths(source))
+    eval_rows = toy_arith_rows(data_paths(source), limit=RL_EVAL_QUESTIONS)
 
     def build_config(out_dir: Any, init: Any) -> Any:
         from runtime.rl.trainer import GRPOTrainer, PromptDataLoader
@@ -56,8 +62,10 @@ def run_trainer(job: dict[str, Any]) -> None:
         from torchtitan.tools.logging import logger
 
         evals: dict[str, Any] = {"rl": rl_summary(trainer)}
-        if eval_rows:
-            after, before = trainer.exact_match(), trainer.arith_before
+        if eval_rows:  # measured by the sidecar; by the trainer's model when training never reached the loop
+            after = trainer.arith_after or trainer.exact_match()
+            saved = out / EVAL_BEFORE
+            before = trainer.arith_before or (json.loads(saved.read_text()) if saved.is_file() else after)
             evals.update(arith_exact_match=after, arith_exact_match_before=before,
                          arith_gain=after["accuracy"] - before["accuracy"])
             logger.info(f"{job['id']}: held-out arithmetic exact match {before['accuracy']:.3f} -> "

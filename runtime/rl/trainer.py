@@ -25,6 +25,7 @@ Entry: `runtime.rl:run_trainer` (runtime/rl/job.py). Test: `python -m pytest tes
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -40,10 +41,14 @@ from torch.utils.data import IterableDataset
 from runtime.lm_data import SourceDataLoader, load_source
 from runtime.lm_eval import forward_logits
 from runtime.lm_trainer import RecipeTrainer
+from runtime.outputs import atomic_write_json
 from runtime.rl.loss import correction, group_advantages, grpo_token_loss, token_logprobs
 from runtime.rl.rollouts import AsyncRollouts, LoopSettings, Rollout, RolloutBatch
 from runtime.sft_data import special_id
 from runtime.tokenizer import EOS, PAD
+
+
+EVAL_BEFORE = "held-out-before.json"
 
 
 # --------------------------------------------------------------------------- prompts
@@ -291,7 +296,8 @@ class GRPOTrainer(RecipeTrainer):
         self._export_model: torch.nn.Module | None = None
         self.loop_times: dict[str, float] = {}
         self.step_log: list[dict[str, Any]] = []
-        self.arith_before = self.exact_match() if config.eval_rows else None
+        self.arith_before: dict[str, Any] | None = None  # measured by the sidecar (`held_out_by_sidecar`)
+        self.arith_after: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -305,10 +311,33 @@ class GRPOTrainer(RecipeTrainer):
     # ------------------------------------------------------------------ evaluation
 
     def exact_match(self) -> dict[str, Any]:
+        """The held-out questions answered greedily by the trainer's model (one token per forward: slow)."""
         from runtime.answer_eval import exact_match
 
         return exact_match(self.model_parts[0], self.tokenizer, self.config.eval_rows,
                            max_len=self.config.training.seq_len, chat=True, device=self.device)
+
+    def held_out_by_sidecar(self, version: int) -> dict[str, Any]:
+        """The held-out questions answered greedily by the weights the sidecar serves (`version`), within the RL
+        response budget, scored as `exact_match` scores: batched in vLLM, seconds where the trainer takes minutes."""
+        from runtime.answer_eval import prompt_tokens, score_replies
+
+        rows = self.config.eval_rows
+        outputs = self.handle.client.generate([prompt_tokens(self.tokenizer, r, chat=True) for r in rows], n=1,
+                                              temperature=0.0, max_tokens=int(self.grpo["max_response_tokens"]),
+                                              stop_token_ids=(self.eos_id,))
+        return {**score_replies(rows, [self.decode(samples[0].token_ids) for samples in outputs]),
+                "weights_version": version}
+
+    def held_out_before(self, version: int) -> dict[str, Any]:
+        """The figure before RL: measured once, on the weights served at the job's first start (version 0), and kept
+        in the output folder, so that a resumed job still compares against the model RL started from."""
+        path = Path(self.config.dump_folder) / EVAL_BEFORE
+        if path.is_file():
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+        before = self.held_out_by_sidecar(version)
+        atomic_write_json(path, before)
+        return before
 
     # ------------------------------------------------------------------ the rollout side
 
@@ -352,6 +381,8 @@ class GRPOTrainer(RecipeTrainer):
                                 inflight_updates=bool(self.async_cfg.get("inflight_updates", False)),
                                 stop_token_ids=(self.eos_id,))
         prompts_per_step = int(self.grpo["prompts_per_step"])
+        if self.config.eval_rows:
+            self.arith_before = self.held_out_before(version)
         self.loop = AsyncRollouts(self.handle, sync, settings,
                                   prompts=lambda k: self.dataset.batch(k, prompts_per_step),
                                   score=self.score, decode=self.decode, start_batch=self.rl_next_batch,
@@ -368,6 +399,11 @@ class GRPOTrainer(RecipeTrainer):
     def train(self) -> None:
         try:
             super().train()
+            if self.config.eval_rows and self.loop is not None:
+                self.loop.stop()
+                self.handle.client.pause("abort")  # the batches generated ahead are not needed any more
+                self.handle.client.resume()
+                self.arith_after = self.held_out_by_sidecar(self.step)  # the last push: version = last step
         finally:
             self.stop_rollouts()
 

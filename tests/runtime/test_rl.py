@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from compiler.build import compile_recipe
-from conftest import stop_sidecar_job
+from conftest import generated_tokens, stop_sidecar_job, wait_for_tokens
 from runtime import environments
 from runtime.hf_export import export_hf, hf_state_dict
 from runtime.model_factory import build_model
@@ -192,16 +192,6 @@ def new_weights(world: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
     return hf_state_dict(model, world["spec"])
 
 
-def generated_tokens(handle: SidecarHandle) -> float:
-    """vLLM's `generation_tokens_total` counter from the sidecar's Prometheus endpoint."""
-    with urllib.request.urlopen(handle.client.url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith("vllm:generation_tokens_total")]
-    assert values, "the sidecar's /metrics has no vllm:generation_tokens_total"
-    return sum(values)
-
-
 def test_producer_keeps_staleness_within_the_bound(world: dict[str, Any]) -> None:
     loop, sync = make_loop(world, staleness=1)
     base = sync.latest_version
@@ -255,15 +245,13 @@ def test_an_inflight_update_gives_samples_two_version_spans(world: dict[str, Any
     loop, sync = make_loop(world, staleness=1, max_tokens=200, prompts_per_batch=16, group_size=4)
     base = sync.latest_version
     weights = new_weights(world, seed=3)
-    before = generated_tokens(world["handle"])
+    url = world["handle"].client.url
+    before = generated_tokens(url)
     loop.start()
     try:
-        # Push once decoding is under way (read from the server, not guessed from wall time): 256 of the two
-        # batches' 2 x 64 x 200 tokens are out, so sequences are mid-generation whatever this machine's speed.
-        deadline = time.time() + 120
-        while generated_tokens(world["handle"]) < before + 256 and time.time() < deadline:
-            time.sleep(0.01)
-        assert generated_tokens(world["handle"]) < before + 2 * 64 * 200 // 2
+        # Push once decoding is under way: 256 of the two batches' 2 x 64 x 200 tokens are out, so sequences are
+        # mid-generation whatever this machine's speed.
+        assert wait_for_tokens(url, before + 256) < before + 2 * 64 * 200 // 2
         loop.push(weights, base + 1)
         first = loop.take(base, timeout=120)
         second = loop.take(base + 1, timeout=120)
@@ -306,7 +294,9 @@ def test_a_killed_sidecar_is_restarted_with_the_latest_weights_and_no_batch_is_l
     assert world["proc"].poll() is None
 
 
-def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> None:
+def run_rl_job(world: dict[str, Any], out: Path) -> subprocess.CompletedProcess[str]:
+    """The tiny recipe's rlvr job, cut to 3 RL steps of 4 prompts x 4 (checkpoint at step 2), against the module's
+    sidecar, writing to `out`."""
     job = json.loads(json.dumps(world["trainer_job"]))
     job.update(recipe="tiny-think", recipe_dir=str(world["root"]))
     cfg = job["config"]
@@ -319,15 +309,25 @@ def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> Non
     cfg["rl"]["rollout_job"] = "rlvr-rollout"
     config = world["root"] / "rlvr.config.json"
     config.write_text(json.dumps(job))
-    out = world["trainer_dir"]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RECIPE_")}, "PYTHONPATH": str(ROOT),
            "RECIPE_OUTPUT_DIR": str(out), "RECIPE_INPUT_DPO": str(world["dpo"]),
            "RECIPE_PEER_RLVR_ROLLOUT": str(world["sidecar_dir"]), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "runtime.run_job", "--config", str(config), "--entry", job["entry"]],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "runtime.run_job", "--config", str(config), "--entry", job["entry"]],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def rl_steps(out: Path) -> list[dict[str, Any]]:
+    return [m for m in read_metrics(out / "metrics.jsonl") if "reward_mean" in m]
+
+
+def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> None:
+    # Not the sidecar's peer folder: the sidecar watches that one for the trainer's end, and the next test needs it up.
+    out = world["root"] / "rlvr-first"
+    result = run_rl_job(world, out)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    steps = [m for m in read_metrics(out / "metrics.jsonl") if "reward_mean" in m]
-    assert [m["step"] for m in steps] == [1, 2, 3]
+    steps = rl_steps(out)
+    assert [m["step"] for m in steps] == [1, 2, 3] and [m["batch"] for m in steps] == [0, 1, 2]
     for key in ("loss", "reward_std", "reward/math", "reward/format", "response_len_max", "rho_mean", "rho_max",
                 "is_truncated_frac", "kl_sidecar_trainer", "staleness_hist", "dropped_samples",
                 "zero_variance_groups", "time_wait_s", "time_train_s", "kl_ref", "logprob_diff_fresh_max"):
@@ -337,6 +337,31 @@ def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> Non
     assert done is not None and (out / "hf" / "model.safetensors").is_file()
     ev = done["eval"]
     assert {"arith_exact_match", "arith_exact_match_before", "arith_gain", "rl"} <= set(ev)
+    assert ev["arith_exact_match"]["n"] == ev["arith_exact_match_before"]["n"] > 0
     assert ev["rl"]["steps_run"] == 3
-    # the trainer told the sidecar to stop
-    assert world["proc"].wait(timeout=60) == 0
+    assert (out / "checkpoint" / "step-2").is_dir()
+    assert world["proc"].poll() is None  # the sidecar serves on
+
+
+def test_a_resumed_rl_job_goes_on_from_its_checkpoint_and_stops_the_sidecar(world: dict[str, Any]) -> None:
+    """The first run as if killed after its step-2 checkpoint: the rerun restores the weights and the rollout
+    cursor, makes the sidecar serve the restored weights (version 2), runs step 3 on batch 2, and at the end
+    tells the sidecar to stop."""
+    first, out = world["root"] / "rlvr-first", world["trainer_dir"]
+    # copied without what the first run wrote after its step-2 checkpoint (its DONE.json and stop request would
+    # stop the sidecar, which watches this folder)
+    shutil.rmtree(out)
+    shutil.copytree(first, out, ignore=lambda folder, names: [n for n in names if n in (
+        "DONE.json", "hf", "metrics.jsonl", "rollout-weights", "rollout.stop", "step-3")])
+    result = run_rl_job(world, out)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "batches from 2" in result.stdout + result.stderr and "serving version 2" in result.stdout + result.stderr
+    resumed = rl_steps(out)
+    assert [m["step"] for m in resumed] == [3] and resumed[0]["batch"] == 2
+    done, first_done = read_done(out), read_done(first)
+    assert done is not None and first_done is not None and done["eval"]["rl"]["steps_run"] == 1
+    # the figure before RL is the first start's (version 0), not one of the restored weights
+    before = done["eval"]["arith_exact_match_before"]
+    assert before == first_done["eval"]["arith_exact_match_before"] and before["weights_version"] == 0
+    assert done["eval"]["arith_exact_match"]["weights_version"] == 3
+    assert world["proc"].wait(timeout=60) == 0  # the trainer told the sidecar to stop

