@@ -89,6 +89,10 @@ class RecipeTrainer(Trainer):
 
     def load_hf(self, folder: str | Path) -> None:
         """Load HF-named weights (every rank reads the file) into the possibly sharded model."""
+        self.load_full_state(self.hf_full_state(folder))
+
+    def hf_full_state(self, folder: str | Path) -> dict[str, torch.Tensor]:
+        """The unsharded weights of a Hugging Face folder under the model's own names (read by this rank alone)."""
         from safetensors.torch import load_file
 
         path = Path(folder) / "model.safetensors"
@@ -99,8 +103,7 @@ class RecipeTrainer(Trainer):
             raise NotImplementedError(f"init from a Hugging Face folder: no state-dict adapter for "
                                       f"{self.config.model_spec.name}")
         adapter = adapter_cls(self.model_config, None)
-        state = adapter.from_hf({k: v.float() for k, v in load_file(str(path)).items()})
-        self.load_full_state(state)
+        return dict(adapter.from_hf({k: v.float() for k, v in load_file(str(path)).items()}))
 
     def load_full_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load unsharded weights into the (possibly sharded) model."""

@@ -338,7 +338,13 @@ def run_dpo(job: dict[str, Any]) -> None:
         dpo_loss=dpo["loss"], held_out=validation_split(source)), evaluate=evaluate, done={"data": source, "dpo": dpo})
 
 
-RUNNERS = {**{kind: run_lm for kind in LM_KINDS}, "sft": run_sft, "dpo": run_dpo}
+def _run_rl(job: dict[str, Any]) -> None:
+    from runtime.rl.job import run_trainer
+
+    run_trainer(job)
+
+
+RUNNERS = {**{kind: run_lm for kind in LM_KINDS}, "sft": run_sft, "dpo": run_dpo, "rlvr_trainer": _run_rl}
 
 
 def main(argv: list[str] | None = None) -> int:

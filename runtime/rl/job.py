@@ -7,6 +7,8 @@
   training ends, fails or is cancelled (and, as a backstop, its DONE.json does too).
 - The init model: `init` as every trainer job (`RECIPE_INPUT_<JOB>/hf` for `{"kind": "stage"}`); the sidecar serves
   the same weights as version 0.
+- Processes: `scale.processes` > 1 runs the trainer under torchrun (`runtime.train`); rank 0 talks to the sidecar
+  and broadcasts each batch, every rank trains on its share (runtime/rl/trainer.py).
 - The prompts: `prompts` ({path|hf, split, text_field}) in the chat format SFT trained on; the rewards: `rl.rewards`
   through `runtime.rewards.Rewards`, or coin flips (`RandomRewards`, seeded by the job's seed) for the
   `random_reward` control (`rl.reward_mode`).
@@ -29,8 +31,6 @@ def run_trainer(job: dict[str, Any]) -> None:
     if job["kind"] != "rlvr_trainer":
         raise ValueError(f"run_trainer runs rlvr_trainer jobs, not {job['kind']!r}")
     cfg = job["config"]
-    if int(cfg["scale"].get("processes", 1)) != 1:
-        raise NotImplementedError(f"job {job['id']}: RL training runs in one process (scale.processes: 1)")
     from runtime.answer_eval import toy_arith_rows
     from runtime.outputs import output_dir, read_done
     from runtime.rl.trainer import EVAL_BEFORE

@@ -20,7 +20,11 @@ What this class replaces is `train_step`: one RL step =
    which lets the next rollout batch start;
 6. one metrics.jsonl line (see `RLStats.metrics`).
 
-One process only (the loop, the sidecar client and the pushes live in rank 0; multi-process RL is not built).
+Several processes (`scale.processes` > 1, torchrun, FSDP): rank 0 alone talks to the sidecar (the loop, the pushes,
+the held-out answers) and broadcasts each batch; every rank trains on its share of each mini-batch
+(`shard_for_rank`, padded so that every rank runs the same forward/backward passes, which FSDP's collectives need),
+the loss divided by the mini-batch's response-token count over all ranks (torchtitan's FSDP sums gradients across
+ranks, it does not average them); the weights of a push are gathered on every rank (collective).
 Entry: `runtime.rl:run_trainer` (runtime/rl/job.py). Test: `python -m pytest tests/runtime/test_rl.py -q`.
 """
 from __future__ import annotations
@@ -49,6 +53,44 @@ from runtime.tokenizer import EOS, PAD
 
 
 EVAL_BEFORE = "held-out-before.json"
+
+
+def rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def from_leader(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (every rank calls this; the others pass anything)."""
+    if rank_and_world()[1] == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sum_over_ranks(values: Sequence[float], *, op: str = "sum") -> list[float]:
+    """Element-wise sum (or max) of `values` over every rank."""
+    if rank_and_world()[1] == 1:
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def shard_for_rank(n: int, mini_batches: int, rank: int, world: int) -> list[list[int | None]]:
+    """The sample indices (of `n`, in `mini_batches` consecutive mini-batches) this rank trains on, per mini-batch:
+    every world-th sample from the rank's offset, padded with None (a row with no tokens) to the same length on
+    every rank, so that all ranks run the same number of forward/backward passes."""
+    per_update = -(-n // max(mini_batches, 1))
+    out: list[list[int | None]] = []
+    for first in range(0, n, per_update):
+        members = list(range(first, min(n, first + per_update)))
+        width = -(-len(members) // world)
+        mine: list[int | None] = list(members[rank::world])
+        out.append(mine + [None] * (width - len(mine)))
+    return out
 
 
 # --------------------------------------------------------------------------- prompts
@@ -182,6 +224,17 @@ class RLStats:
         self.n_masked += int((masked & m).sum())
         self.kl_sidecar_sum += float(kl_sidecar[m].double().sum())
 
+    TOKEN_SUMS = ("tokens", "rho_sum", "rho_tokens", "n_truncated", "n_masked", "kl_sidecar_sum", "clipped",
+                  "kl_ref_sum", "loss_sum", "fresh_diff_sum", "fresh_tokens")
+    TOKEN_MAXES = ("rho_max", "fresh_diff_max")
+
+    def reduce_over_ranks(self) -> None:
+        """The token-level figures over every rank's share (the batch-level ones are the same on every rank)."""
+        for names, op in ((self.TOKEN_SUMS, "sum"), (self.TOKEN_MAXES, "max")):
+            values = sum_over_ranks([float(getattr(self, k)) for k in names], op=op)
+            for name, value in zip(names, values):
+                setattr(self, name, type(getattr(self, name))(value))
+
     def metrics(self) -> dict[str, Any]:
         n = max(len(self.rewards), 1)
         mean = sum(self.rewards) / n
@@ -222,21 +275,25 @@ class Rows:
     adv: torch.Tensor  # (B,)
 
 
-def build_rows(samples: Sequence[tuple[Rollout, float]], pad_id: int) -> Rows:
-    width = max(len(r.prompt) + len(r.sample.token_ids) - 1 for r, _ in samples)
+def build_rows(samples: Sequence[tuple[Rollout, float] | None], pad_id: int) -> Rows:
+    """None: a padding row (pad tokens, nothing masked in: it adds nothing to the loss)."""
+    width = max((len(s[0].prompt) + len(s[0].sample.token_ids) - 1 for s in samples if s is not None), default=1)
     n = len(samples)
     inputs = torch.full((n, width), pad_id, dtype=torch.long)
     targets = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.bool)
     sidecar = torch.zeros((n, width), dtype=torch.float32)
-    for row, (r, _) in enumerate(samples):
+    for row, sample in enumerate(samples):
+        if sample is None:
+            continue
+        r = sample[0]
         full = list(r.prompt) + list(r.sample.token_ids)
         p, k = len(r.prompt), len(r.sample.token_ids)
         inputs[row, :len(full) - 1] = torch.tensor(full[:-1])
         targets[row, :len(full) - 1] = torch.tensor(full[1:])
         mask[row, p - 1:p - 1 + k] = True
         sidecar[row, p - 1:p - 1 + k] = torch.tensor(r.sample.logprobs, dtype=torch.float32)
-    return Rows(inputs, targets, mask, sidecar, torch.tensor([a for _, a in samples], dtype=torch.float32))
+    return Rows(inputs, targets, mask, sidecar, torch.tensor([s[1] if s else 0.0 for s in samples], dtype=torch.float32))
 
 
 def select(rows: Rows, index: slice) -> Rows:
@@ -263,8 +320,9 @@ class GRPOTrainer(RecipeTrainer):
 
     def __init__(self, config: Config):
         super().__init__(config)  # loads the `from` weights
-        if self.parallel_dims.world_size > 1:
-            raise NotImplementedError("RL training runs in one process (scale.processes: 1)")
+        self.rank, self.world = rank_and_world()
+        self.leader = self.rank == 0  # the one that talks to the sidecar
+        self.rollouts_started = False
         from runtime.rewards import RandomRewards, Rewards
         from spec.model import ModelSpec
 
@@ -285,11 +343,14 @@ class GRPOTrainer(RecipeTrainer):
                              else Rewards(rl["rewards"]))
         self.reference: torch.nn.Module | None = None
         if float(self.grpo.get("kl_coef", 0.0)) > 0:
-            # a plain copy of the init weights (the trainer's model is FSDP-wrapped even in one process: no deepcopy)
+            # a plain model on every rank with the `from` weights (the trainer's model is FSDP-wrapped even in one
+            # process: no deepcopy; and its gathered state is rank 0's alone)
             from runtime.model_factory import build_model
 
+            if not config.init_hf_path:
+                raise ValueError("kl_coef > 0: the KL reference is the `from` model, and this job starts from none")
             self.reference = build_model(self.spec, device=self.device).eval().requires_grad_(False)
-            self.reference.load_state_dict(self.full_state_dict())
+            self.reference.load_state_dict(self.hf_full_state(config.init_hf_path))
         self.rl_next_batch = 0
         self.loop: AsyncRollouts | None = None
         self.handle: Any = None
@@ -347,9 +408,12 @@ class GRPOTrainer(RecipeTrainer):
         from runtime.hf_export import hf_state_dict
         from runtime.model_factory import build_model
 
+        state = self.full_state_dict()  # collective: every rank gathers
+        if not self.leader:
+            return {}
         if self._export_model is None:
             self._export_model = build_model(self.spec, device="cpu")
-        self._export_model.load_state_dict(self.full_state_dict())
+        self._export_model.load_state_dict(state)
         return hf_state_dict(self._export_model, self.spec)
 
     def decode(self, tokens: list[int]) -> str:
@@ -364,31 +428,40 @@ class GRPOTrainer(RecipeTrainer):
         return [(total, {name: float(r.value) for name, r in parts.items()}) for total, parts in scored]
 
     def start_rollouts(self) -> None:
-        """Connect to the sidecar, make it serve the current weights, start the producer."""
+        """Connect to the sidecar, make it serve the current weights, start the producer (rank 0; the other ranks
+        only take part in the weights' gather)."""
         from torchtitan.tools.logging import logger
 
         from runtime.rollout import FilesystemWeightSync, SidecarHandle
 
         out = Path(self.config.dump_folder)
         version = self.step - 1  # train() has already counted the step about to run
-        self.handle = SidecarHandle.connect(self.config.sidecar_dir, trainer_dir=out, wait=self.config.connect_wait_s)
-        sync = FilesystemWeightSync(self.handle, out / "rollout-weights")
-        if self.handle.client.weight_version() != version or version > 0:
-            sync.push(self.hf_weights(), version)  # a resumed job: the sidecar serves the restored weights
-        settings = LoopSettings(group_size=int(self.grpo["group_size"]), max_tokens=int(self.grpo["max_response_tokens"]),
-                                temperature=float(self.grpo.get("temperature", 1.0)),
-                                max_staleness=int(self.async_cfg.get("max_staleness", 0)),
-                                inflight_updates=bool(self.async_cfg.get("inflight_updates", False)),
-                                stop_token_ids=(self.eos_id,))
-        prompts_per_step = int(self.grpo["prompts_per_step"])
-        if self.config.eval_rows:
-            self.arith_before = self.held_out_before(version)
-        self.loop = AsyncRollouts(self.handle, sync, settings,
-                                  prompts=lambda k: self.dataset.batch(k, prompts_per_step),
-                                  score=self.score, decode=self.decode, start_batch=self.rl_next_batch,
-                                  version=version, log=logger.info).start()
-        logger.info(f"rollouts: sidecar {self.handle.info['url']} serving version {version}, batches from "
-                    f"{self.rl_next_batch}, max staleness {settings.max_staleness}")
+        weights = self.hf_weights()  # collective, so every rank gathers whether or not rank 0 pushes
+        self.rollouts_started = True
+        before = None
+        if self.leader:
+            self.handle = SidecarHandle.connect(self.config.sidecar_dir, trainer_dir=out,
+                                                wait=self.config.connect_wait_s)
+            sync = FilesystemWeightSync(self.handle, out / "rollout-weights")
+            if self.handle.client.weight_version() != version or version > 0:
+                sync.push(weights, version)  # a resumed job: the sidecar serves the restored weights
+            settings = LoopSettings(group_size=int(self.grpo["group_size"]),
+                                    max_tokens=int(self.grpo["max_response_tokens"]),
+                                    temperature=float(self.grpo.get("temperature", 1.0)),
+                                    max_staleness=int(self.async_cfg.get("max_staleness", 0)),
+                                    inflight_updates=bool(self.async_cfg.get("inflight_updates", False)),
+                                    stop_token_ids=(self.eos_id,))
+            prompts_per_step = int(self.grpo["prompts_per_step"])
+            if self.config.eval_rows:
+                before = self.held_out_before(version)
+            self.loop = AsyncRollouts(self.handle, sync, settings,
+                                      prompts=lambda k: self.dataset.batch(k, prompts_per_step),
+                                      score=self.score, decode=self.decode, start_batch=self.rl_next_batch,
+                                      version=version, log=logger.info).start()
+            logger.info(f"rollouts: sidecar {self.handle.info['url']} serving version {version}, batches from "
+                        f"{self.rl_next_batch}, max staleness {settings.max_staleness}, {self.world} trainer "
+                        f"process(es)")
+        self.arith_before = from_leader(before)
 
     def stop_rollouts(self, reason: str = "training finished") -> None:
         if self.loop is not None:
@@ -399,11 +472,15 @@ class GRPOTrainer(RecipeTrainer):
     def train(self) -> None:
         try:
             super().train()
-            if self.config.eval_rows and self.loop is not None:
-                self.loop.stop()
-                self.handle.client.pause("abort")  # the batches generated ahead are not needed any more
-                self.handle.client.resume()
-                self.arith_after = self.held_out_by_sidecar(self.step)  # the last push: version = last step
+            if self.config.eval_rows and self.rollouts_started:
+                after = None
+                if self.leader:
+                    assert self.loop is not None
+                    self.loop.stop()
+                    self.handle.client.pause("abort")  # the batches generated ahead are not needed any more
+                    self.handle.client.resume()
+                    after = self.held_out_by_sidecar(self.step)  # the last push: version = last step
+                self.arith_after = from_leader(after)
         finally:
             self.stop_rollouts()
 
@@ -412,36 +489,44 @@ class GRPOTrainer(RecipeTrainer):
     def train_step(self, data_iterator: Any) -> None:
         from torchtitan.tools.logging import logger
 
-        if self.loop is None:
+        if not self.rollouts_started:
             self.start_rollouts()
-        assert self.loop is not None
         started = time.perf_counter()
         version = self.step - 1
         stats = RLStats()
-        batch = self.loop.take(version)
-        while not batch.groups:  # every sample too stale: nothing to train on
-            stats.dropped += batch.dropped
-            self.loop.release()
+        taken = None
+        if self.leader:
+            assert self.loop is not None
             batch = self.loop.take(version)
-        self.rl_next_batch = self.loop.next_take
+            while not batch.groups:  # every sample too stale: nothing to train on
+                stats.dropped += batch.dropped
+                self.loop.release()
+                batch = self.loop.take(version)
+            taken = (batch, self.loop.next_take, stats.dropped)
+        batch, self.rl_next_batch, stats.dropped = from_leader(taken)
         waited = time.perf_counter() - started
         stats.add_rollouts(batch)
         self.learn(batch, stats, version)
+        stats.reduce_over_ranks()
         self.lr_schedulers.step()
         trained = time.perf_counter() - started - waited
-        push = self.loop.push(self.hf_weights(), self.step)
-        self.loop_times = self.loop.idle_fractions()  # as of the end of this step (not of the eval after training)
+        weights = self.hf_weights()  # collective
         metrics = {"step": self.step, "batch": batch.index, "lr": self.lr_schedulers.schedulers[0].get_last_lr()[0],
-                   **stats.metrics(), "time_wait_s": waited, "time_train_s": trained, "time_push_s": push["seconds"],
-                   "time_step_s": time.perf_counter() - started, "generate_s": batch.generate_s,
-                   "sidecar_restarts": self.loop.restarts, "batch_attempts": batch.attempts}
+                   **stats.metrics(), "time_wait_s": waited, "time_train_s": trained,
+                   "generate_s": batch.generate_s, "batch_attempts": batch.attempts}
+        if self.loop is not None:
+            push = self.loop.push(weights, self.step)
+            self.loop_times = self.loop.idle_fractions()  # as of the end of this step (not of the eval after it)
+            metrics.update(time_push_s=push["seconds"], sidecar_restarts=self.loop.restarts)
+        metrics["time_step_s"] = time.perf_counter() - started
         self.last_metrics = metrics
         self.step_log.append(metrics)
         if self.metrics_writer is not None:
             self.metrics_writer.write(metrics)
-        logger.info(f"rl step {self.step}: reward {metrics['reward_mean']:.3f} loss {metrics['loss']:.4f} "
-                    f"len {metrics['response_len_mean']:.1f} zero-var {stats.zero_variance_groups}/{stats.groups} "
-                    f"stale {metrics['staleness_hist']} wait {waited:.2f}s train {trained:.2f}s")
+        if self.leader:
+            logger.info(f"rl step {self.step}: reward {metrics['reward_mean']:.3f} loss {metrics['loss']:.4f} "
+                        f"len {metrics['response_len_mean']:.1f} zero-var {stats.zero_variance_groups}/{stats.groups} "
+                        f"stale {metrics['staleness_hist']} wait {waited:.2f}s train {trained:.2f}s")
 
     def samples_with_advantages(self, batch: RolloutBatch, stats: RLStats) -> list[tuple[Rollout, float]]:
         keep_all = self.reference is not None
@@ -473,9 +558,11 @@ class GRPOTrainer(RecipeTrainer):
     def learn(self, batch: RolloutBatch, stats: RLStats, version: int) -> None:
         samples = self.samples_with_advantages(batch, stats)
         if not samples:
-            return  # no signal this step: no update (the weights are pushed unchanged)
+            return  # no signal this step (on every rank: they share the batch): no update, weights pushed unchanged
         model = self.model_parts[0]
-        rows = build_rows(samples, self.pad_id)
+        shards = shard_for_rank(len(samples), self.mini_batches, self.rank, self.world)
+        mine = [samples[i] if i is not None else None for shard in shards for i in shard]
+        rows = build_rows(mine, self.pad_id)
         corr_cfg = self.async_cfg.get("correction") or {"kind": "none"}
         kind, level = corr_cfg.get("kind", "none"), corr_cfg.get("level", "token")
         cap, low = float(corr_cfg.get("cap", 2.0)), float(corr_cfg.get("low", 0.0))
@@ -486,18 +573,19 @@ class GRPOTrainer(RecipeTrainer):
             c = correction(old, rows.sidecar, rows.mask, kind=kind, level=level, cap=cap, low=low)
             weights = c.weights
             stats.add_correction(c.rho, c.truncated, c.masked, rows.sidecar - old, rows.mask)
-            fresh = torch.tensor([r.min_version == r.sample.max_version == version for r, _ in samples])
+            fresh = torch.tensor([s is not None and s[0].min_version == s[0].sample.max_version == version
+                                  for s in mine], dtype=torch.bool)
             stats.add_fresh_diff(old, rows.sidecar, rows.mask & fresh[:, None])
         ref = self.logprobs_of(self.reference, rows) if self.reference is not None else None
         temperature = float(self.grpo.get("temperature", 1.0))
         micro = self.config.training.local_batch_size
-        n = len(samples)
-        per_update = -(-n // self.mini_batches)
-        for first in range(0, n, per_update):
-            mini = slice(first, min(n, first + per_update))
-            n_tokens = max(int(rows.mask[mini].sum()), 1)
+        first = 0
+        for update, shard in enumerate(shards):
+            mini = slice(first, first + len(shard))
+            first = mini.stop
+            # every rank's response tokens: FSDP sums the ranks' gradients
+            n_tokens = max(int(sum_over_ranks([float(rows.mask[mini].sum())])[0]), 1)
             self.optimizers.zero_grad()
-            loss_total = 0.0
             for start in range(mini.start, mini.stop, micro):
                 part = slice(start, min(mini.stop, start + micro))
                 r = select(rows, part)
@@ -513,7 +601,7 @@ class GRPOTrainer(RecipeTrainer):
                     c = correction(logp.detach(), sidecar, mask, kind="mis" if kind == "mis" else "none",
                                    level=level, cap=cap, low=low)
                     w = c.weights
-                    if first == 0:
+                    if update == 0:
                         stats.add_correction(c.rho, c.truncated, c.masked, sidecar - logp.detach(), mask)
                 loss_sum, parts = grpo_token_loss(
                     logp, old_p, r.adv.to(logp.device), mask, w, clip_low=float(self.grpo["clip_low"]),
@@ -521,12 +609,11 @@ class GRPOTrainer(RecipeTrainer):
                     ref_logp=None if ref is None else ref[part].to(logp.device))
                 loss = loss_sum / n_tokens
                 loss.backward()
-                loss_total += float(loss.detach())
+                stats.loss_sum += float(loss.detach())  # this rank's part: summed over ranks with the rest
                 stats.clipped += int(parts["clipped"].sum())
                 stats.kl_ref_sum += float((parts["kl"] * mask).sum())
             stats.tokens += int(rows.mask[mini].sum())
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.training.max_norm)
             self.optimizers.step()
-            stats.loss_sum += loss_total
             stats.updates += 1
-            stats.grad_norm = float(grad_norm)
+            stats.grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)

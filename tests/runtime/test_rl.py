@@ -32,9 +32,9 @@ from runtime import environments
 from runtime.hf_export import export_hf, hf_state_dict
 from runtime.model_factory import build_model
 from runtime.outputs import read_done, read_metrics
-from runtime.rl.loss import clipped_surrogate, correction, group_advantages, kl_k3, token_logprobs
+from runtime.rl.loss import clipped_surrogate, correction, group_advantages, grpo_token_loss, kl_k3, token_logprobs
 from runtime.rl.rollouts import AsyncRollouts, LoopSettings, Rollout
-from runtime.rl.trainer import RLStats, build_rows, prompt_tokens_of
+from runtime.rl.trainer import RLStats, build_rows, prompt_tokens_of, shard_for_rank
 from runtime.rollout.client import Sample, VersionSpan
 from runtime.rollout.control import SidecarHandle
 from runtime.rollout.weights import FilesystemWeightSync
@@ -109,6 +109,30 @@ def test_rows_align_sidecar_logprobs_with_the_predicting_positions() -> None:
     logits = torch.randn(1, 5, 10)
     expected = torch.log_softmax(logits / 0.7, -1)[0, torch.arange(5), rows.targets[0]]
     assert torch.allclose(token_logprobs(logits, rows.targets, 0.7)[0], expected)
+
+
+@pytest.mark.parametrize("n, mini_batches, world", [(16, 1, 2), (13, 2, 2), (7, 3, 4), (1, 1, 2), (10, 1, 1)])
+def test_ranks_share_every_mini_batch_with_equal_padded_shards(n: int, mini_batches: int, world: int) -> None:
+    shards = [shard_for_rank(n, mini_batches, rank, world) for rank in range(world)]
+    per_update = -(-n // mini_batches)
+    expected = [set(range(first, min(n, first + per_update))) for first in range(0, n, per_update)]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(expected)  # as many updates on every rank
+    for m, members in enumerate(expected):
+        assert len({len(s[m]) for s in shards}) == 1  # the same number of rows (passes) on every rank
+        taken = [i for s in shards for i in s[m] if i is not None]
+        assert sorted(taken) == sorted(members)  # every sample once, on one rank, in its own mini-batch
+
+
+def test_a_padding_row_adds_no_tokens_and_no_loss() -> None:
+    sample = Sample(0, [7, 8, 1], [-0.1, -0.2, -0.3], [VersionSpan(0, 0, 3)], "stop")
+    rows = build_rows([(Rollout({}, [0, 5, 6], sample, "", 1.0, {}), 0.5), None], pad_id=2)
+    assert rows.mask[1].sum() == 0 and rows.adv.tolist() == [0.5, 0.0] and rows.inputs[1].tolist() == [2] * 5
+    logp = torch.log_softmax(torch.randn(2, 5, 10), -1).gather(-1, rows.targets[..., None])[..., 0]
+    loss, _ = grpo_token_loss(logp, logp.detach(), rows.adv, rows.mask, torch.ones_like(logp), clip_low=0.2,
+                              clip_high=0.28, kl_coef=0.0, ref_logp=None)
+    alone, _ = grpo_token_loss(logp[:1], logp[:1].detach(), rows.adv[:1], rows.mask[:1], torch.ones_like(logp[:1]),
+                               clip_low=0.2, clip_high=0.28, kl_coef=0.0, ref_logp=None)
+    assert torch.allclose(loss, alone)
 
 
 def test_package_import_does_not_import_torch() -> None:
@@ -294,7 +318,8 @@ def test_a_killed_sidecar_is_restarted_with_the_latest_weights_and_no_batch_is_l
     assert world["proc"].poll() is None
 
 
-def run_rl_job(world: dict[str, Any], out: Path) -> subprocess.CompletedProcess[str]:
+def run_rl_job(world: dict[str, Any], out: Path, processes: int = 1,
+               reward_mode: str = "verifiers") -> subprocess.CompletedProcess[str]:
     """The tiny recipe's rlvr job, cut to 3 RL steps of 4 prompts x 4 (checkpoint at step 2), against the module's
     sidecar, writing to `out`."""
     job = json.loads(json.dumps(world["trainer_job"]))
@@ -302,11 +327,12 @@ def run_rl_job(world: dict[str, Any], out: Path) -> subprocess.CompletedProcess[
     cfg = job["config"]
     cfg["prompts"]["path"] = "toy/rl"
     cfg["tokenizer"] = "toy/tokenizer"
-    cfg["scale"].update(steps=3, seq_len=64)
+    cfg["scale"].update(steps=3, seq_len=64, processes=processes)
     cfg["checkpoint_every"] = 2
     cfg["rl"]["grpo"].update(prompts_per_step=4, group_size=4, max_response_tokens=24, kl_coef=0.05)  # + the KL path
     cfg["rl"]["async"].update(max_staleness=1)
     cfg["rl"]["rollout_job"] = "rlvr-rollout"
+    cfg["rl"]["reward_mode"] = reward_mode
     config = world["root"] / "rlvr.config.json"
     config.write_text(json.dumps(job))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RECIPE_")}, "PYTHONPATH": str(ROOT),
@@ -319,6 +345,26 @@ def run_rl_job(world: dict[str, Any], out: Path) -> subprocess.CompletedProcess[
 
 def rl_steps(out: Path) -> list[dict[str, Any]]:
     return [m for m in read_metrics(out / "metrics.jsonl") if "reward_mean" in m]
+
+
+def test_a_two_process_rl_job_trains_every_rank_on_its_share(world: dict[str, Any]) -> None:
+    """scale.processes 2: torchrun, FSDP over gloo; rank 0 talks to the sidecar and broadcasts each batch (a rank
+    waiting for a collective the other never joins would hang: the job finishing is the check), both ranks train on
+    their halves (random rewards: the random-init model earns no real ones, and coin flips give every group a
+    policy gradient), the token figures are summed over the ranks."""
+    out = world["root"] / "rlvr-two"
+    result = run_rl_job(world, out, processes=2, reward_mode="random_reward")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "2 trainer process(es)" in result.stdout + result.stderr
+    steps = rl_steps(out)
+    assert [m["step"] for m in steps] == [1, 2, 3] and all(m["samples"] == 16 for m in steps)
+    trained = [m for m in steps if m["zero_variance_groups"] < m["groups"]]
+    assert trained and all(m["updates"] >= 1 and math.isfinite(m["loss"]) and m["loss"] != 0 for m in trained)
+    for m in steps:  # every sample's response tokens, whichever rank trained on them
+        assert m["trained_tokens"] == pytest.approx(16 * m["response_len_mean"])
+    done = read_done(out)
+    assert done is not None and done["eval"]["rl"]["steps_run"] == 3
+    assert world["proc"].poll() is None  # not its peer folder: the sidecar serves on
 
 
 def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> None:
