@@ -137,12 +137,11 @@ def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_pat
     assert again.returncode == 0 and report(tmp_path)["jobs"]["pretrain"]["state"] == "cached"
 
 
-def test_distillation_serves_its_teacher_inside_a_slurm_job(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
-    """tiny-think's decontamination check, then its distill job on the cluster: the job starts vLLM (the inference
-    environment) on the node for a teacher given as a folder (a random-init model of the recipe's architecture
-    with the toy tokenizer), samples, filters and writes the SFT data."""
+def tiny_tree_with_model(tmp_path: Path, model_folder: str) -> Path:
+    """tiny-think over a 2% toy world in `tmp_path` (its recipe file returned), and beside it `model_folder`: a
+    random-init model of the recipe's architecture with the toy tokenizer, as a Hugging Face folder."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-    from test_pipeline import launch as launch_tiny, report, tiny_tree
+    from test_pipeline import tiny_tree
 
     from compiler.build import compile_recipe
     from runtime.hf_export import export_hf
@@ -150,12 +149,22 @@ def test_distillation_serves_its_teacher_inside_a_slurm_job(slurm_cluster: dict[
     from spec.model import ModelSpec
 
     recipe = tiny_tree(tmp_path, 0.02)
-    plan = compile_recipe(str(recipe)).plan
-    spec = ModelSpec.model_validate(next(j for j in plan["jobs"] if j["id"] == "sft")["config"]["model"])
-    teacher = export_hf(build_model(spec, seed=0), spec, tmp_path / "teacher-model",
-                        extra_config={"bos_token_id": 0, "eos_token_id": 1})
+    jobs = compile_recipe(str(recipe)).plan["jobs"]
+    spec = ModelSpec.model_validate(next(j for j in jobs if j["kind"] == "sft")["config"]["model"])
+    folder = export_hf(build_model(spec, seed=0), spec, tmp_path / model_folder,
+                       extra_config={"bos_token_id": 0, "eos_token_id": 1})
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (teacher / name).write_bytes((tmp_path / "data" / "toy" / "tokenizer" / name).read_bytes())
+        (folder / name).write_bytes((tmp_path / "data" / "toy" / "tokenizer" / name).read_bytes())
+    return recipe
+
+
+def test_distillation_serves_its_teacher_inside_a_slurm_job(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
+    """tiny-think's decontamination check, then its distill job on the cluster: the job starts vLLM (the inference
+    environment) on the node for a teacher given as a folder (a random-init model of the recipe's architecture
+    with the toy tokenizer), samples, filters and writes the SFT data."""
+    from test_pipeline import launch as launch_tiny, report
+
+    recipe = tiny_tree_with_model(tmp_path, "teacher-model")
     sets = ["stages.sft.distill.teacher=../teacher-model", "stages.sft.distill.num_prompts=16",
             "stages.sft.distill.samples_per_prompt=2", "stages.sft.distill.max_tokens=32",
             "stages.sft.distill.filters.verify_answers=false"]
@@ -181,21 +190,9 @@ def test_rl_group_trains_against_its_vllm_sidecar_on_slurm(slurm_cluster: dict[s
     (one CPU each, which the plan asks for a CPU-only group), started together; the trainer finds the sidecar's
     server through its output folder, runs 3 asynchronous GRPO steps from a random-init model of the recipe's
     architecture (given as a folder), pushes its weights after each, and stops the sidecar when it is done."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-    from test_pipeline import launch as launch_tiny, report, tiny_tree
+    from test_pipeline import launch as launch_tiny, report
 
-    from compiler.build import compile_recipe
-    from runtime.hf_export import export_hf
-    from runtime.model_factory import build_model
-    from spec.model import ModelSpec
-
-    recipe = tiny_tree(tmp_path, 0.02)
-    plan = compile_recipe(str(recipe)).plan
-    spec = ModelSpec.model_validate(next(j for j in plan["jobs"] if j["id"] == "rlvr")["config"]["model"])
-    init = export_hf(build_model(spec, seed=0), spec, tmp_path / "init-model",
-                     extra_config={"bos_token_id": 0, "eos_token_id": 1})
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (init / name).write_bytes((tmp_path / "data" / "toy" / "tokenizer" / name).read_bytes())
+    recipe = tiny_tree_with_model(tmp_path, "init-model")
     sets = ["stages.rlvr.from=../init-model", "stages.rlvr.steps=3", "stages.rlvr.checkpoint_every=2",
             "stages.rlvr.grpo.prompts_per_step=4", "stages.rlvr.grpo.group_size=4",
             "stages.rlvr.grpo.max_response_tokens=24", "stages.rlvr.controls=[]"]
