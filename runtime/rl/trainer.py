@@ -10,7 +10,7 @@ What this class replaces is `train_step`: one RL step =
 2. group-normalised advantages per prompt; groups with zero reward variance carry no policy gradient and are left out
    of the forward/backward (unless `kl_coef > 0`: their KL term still counts);
 3. behaviour log-probs: `recompute` scores the batch with the weights current when it was taken (before this
-   step's update) and corrects trainer vs sidecar with `tis` / `mis` (rho = exp(trainer - sidecar)); `rollout` uses
+   step's update: the first update's own forward pass, a separate pass only for later mini-batches) and corrects trainer vs sidecar with `tis` / `mis` (rho = exp(trainer - sidecar)); `rollout` uses
    the sidecar's log-probs as the PPO denominator (the ratio then already reweights sidecar -> trainer, so `tis`
    adds nothing and is not applied; `mis` masks tokens whose rho against the current policy leaves [low, cap]);
 4. `mini_batches_per_step` optimizer updates, each over its share of the samples in micro-batches of
@@ -567,15 +567,12 @@ class GRPOTrainer(RecipeTrainer):
         kind, level = corr_cfg.get("kind", "none"), corr_cfg.get("level", "token")
         cap, low = float(corr_cfg.get("cap", 2.0)), float(corr_cfg.get("low", 0.0))
         recompute = self.async_cfg.get("logprobs", "recompute") == "recompute"
-        old = weights = None
-        if recompute:
-            old = self.logprobs_of(model, rows)
-            c = correction(old, rows.sidecar, rows.mask, kind=kind, level=level, cap=cap, low=low)
-            weights = c.weights
-            stats.add_correction(c.rho, c.truncated, c.masked, rows.sidecar - old, rows.mask)
-            fresh = torch.tensor([s is not None and s[0].min_version == s[0].sample.max_version == version
-                                  for s in mine], dtype=torch.bool)
-            stats.add_fresh_diff(old, rows.sidecar, rows.mask & fresh[:, None])
+        # `recompute` scores the batch with the weights as they are before this step's first update: the first
+        # update's own forward pass does exactly that, so a separate scoring pass is needed only for the later
+        # updates of a step with several mini-batches.
+        old = self.logprobs_of(model, rows) if recompute and len(shards) > 1 else None
+        fresh = torch.tensor([s is not None and s[0].min_version == s[0].sample.max_version == version
+                              for s in mine], dtype=torch.bool)
         ref = self.logprobs_of(self.reference, rows) if self.reference is not None else None
         temperature = float(self.grpo.get("temperature", 1.0))
         micro = self.config.training.local_batch_size
@@ -593,16 +590,18 @@ class GRPOTrainer(RecipeTrainer):
                 logp = token_logprobs(logits, r.targets.to(logits.device), temperature)
                 mask = r.mask.to(logp.device)
                 sidecar = r.sidecar.to(logp.device)
-                if recompute:
-                    assert old is not None and weights is not None
-                    old_p, w = old[part].to(logp.device), weights[part].to(logp.device)
-                else:  # rollout log-probs: the sidecar's are the behaviour policy
+                if recompute:  # trainer vs sidecar on the behaviour (pre-step) weights: tis / mis as configured
+                    old_p = logp.detach() if old is None else old[part].to(logp.device)
+                    c = correction(old_p, sidecar, mask, kind=kind, level=level, cap=cap, low=low)
+                    stats.add_correction(c.rho, c.truncated, c.masked, sidecar - old_p, mask)
+                    stats.add_fresh_diff(old_p.cpu(), r.sidecar, r.mask & fresh[part, None])
+                else:  # rollout log-probs: the sidecar's are the behaviour policy; mis masks against the current one
                     old_p = sidecar
                     c = correction(logp.detach(), sidecar, mask, kind="mis" if kind == "mis" else "none",
                                    level=level, cap=cap, low=low)
-                    w = c.weights
                     if update == 0:
                         stats.add_correction(c.rho, c.truncated, c.masked, sidecar - logp.detach(), mask)
+                w = c.weights
                 loss_sum, parts = grpo_token_loss(
                     logp, old_p, r.adv.to(logp.device), mask, w, clip_low=float(self.grpo["clip_low"]),
                     clip_high=float(self.grpo["clip_high"]), kl_coef=float(self.grpo.get("kl_coef", 0.0)),
