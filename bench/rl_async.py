@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,11 +103,15 @@ def run_pair(trainer: dict[str, Any], sidecar: dict[str, Any], init: Path, out: 
         procs[name] = subprocess.Popen([sys.executable, "-m", "runtime.run_job", "--config", str(own / "config.json"),
                                         "--entry", job["entry"]], cwd=ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-    code = procs["trainer"].wait()
     try:
+        code = procs["trainer"].wait()
         procs["sidecar"].wait(timeout=90)
     except subprocess.TimeoutExpired:
-        procs["sidecar"].kill()
+        code = procs["trainer"].returncode
+    finally:  # interrupted, or a sidecar that does not stop: take both process trees down
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     if code != 0:
         raise SystemExit(f"trainer failed (exit {code}): {(out / 'trainer.log').read_text()[-3000:]}")
     steps = [m for m in read_metrics(t_dir / "metrics.jsonl") if "reward_mean" in m]
