@@ -318,8 +318,8 @@ def test_a_killed_sidecar_is_restarted_with_the_latest_weights_and_no_batch_is_l
     assert world["proc"].poll() is None
 
 
-def run_rl_job(world: dict[str, Any], out: Path, processes: int = 1,
-               reward_mode: str = "verifiers") -> subprocess.CompletedProcess[str]:
+def run_rl_job(world: dict[str, Any], out: Path, processes: int = 1, reward_mode: str = "verifiers",
+               async_settings: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
     """The tiny recipe's rlvr job, cut to 3 RL steps of 4 prompts x 4 (checkpoint at step 2), against the module's
     sidecar, writing to `out`."""
     job = json.loads(json.dumps(world["trainer_job"]))
@@ -330,7 +330,7 @@ def run_rl_job(world: dict[str, Any], out: Path, processes: int = 1,
     cfg["scale"].update(steps=3, seq_len=64, processes=processes)
     cfg["checkpoint_every"] = 2
     cfg["rl"]["grpo"].update(prompts_per_step=4, group_size=4, max_response_tokens=24, kl_coef=0.05)  # + the KL path
-    cfg["rl"]["async"].update(max_staleness=1)
+    cfg["rl"]["async"].update(max_staleness=1, **(async_settings or {}))
     cfg["rl"]["rollout_job"] = "rlvr-rollout"
     cfg["rl"]["reward_mode"] = reward_mode
     config = world["root"] / "rlvr.config.json"
@@ -365,6 +365,24 @@ def test_a_two_process_rl_job_trains_every_rank_on_its_share(world: dict[str, An
     done = read_done(out)
     assert done is not None and done["eval"]["rl"]["steps_run"] == 3
     assert world["proc"].poll() is None  # not its peer folder: the sidecar serves on
+
+
+def test_rollout_logprobs_with_mis_train_against_the_sidecars_logprobs(world: dict[str, Any]) -> None:
+    """`logprobs: rollout`: the sidecar's log-probs are the PPO denominator, no scoring pass; `mis` masks tokens
+    whose ratio to the current policy leaves [low, cap]. On the first step the weights are the sidecar's, so the
+    ratio is 1 up to engine differences and nothing is masked."""
+    out = world["root"] / "rlvr-rollout-logprobs"
+    result = run_rl_job(world, out, reward_mode="random_reward",
+                        async_settings={"logprobs": "rollout", "correction": {"kind": "mis", "level": "token",
+                                                                              "cap": 2.0, "low": 0.5}})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    steps = rl_steps(out)
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    first = steps[0]
+    assert first["is_masked_frac"] == 0.0 and abs(first["rho_mean"] - 1.0) < 1e-3
+    assert first["logprob_diff_fresh_max"] is None  # measured in recompute mode only
+    assert all(0.0 <= m["is_masked_frac"] <= 1.0 and m["rho_max"] > 0 for m in steps)
+    assert world["proc"].poll() is None
 
 
 def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> None:
