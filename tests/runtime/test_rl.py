@@ -358,8 +358,9 @@ def test_a_two_process_rl_job_trains_every_rank_on_its_share(world: dict[str, An
     assert "2 trainer process(es)" in result.stdout + result.stderr
     steps = rl_steps(out)
     assert [m["step"] for m in steps] == [1, 2, 3] and all(m["samples"] == 16 for m in steps)
+    # (the loss itself can be 0: on-policy, group-normalised advantages of equal-length samples sum to 0)
     trained = [m for m in steps if m["zero_variance_groups"] < m["groups"]]
-    assert trained and all(m["updates"] >= 1 and math.isfinite(m["loss"]) and m["loss"] != 0 for m in trained)
+    assert trained and all(m["updates"] >= 1 and math.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in trained)
     for m in steps:  # every sample's response tokens, whichever rank trained on them
         assert m["trained_tokens"] == pytest.approx(16 * m["response_len_mean"])
     done = read_done(out)
