@@ -79,7 +79,8 @@ def pin_from_env() -> list[int] | None:
     cores = assigned_cores()
     if cores is None or not hasattr(os, "sched_setaffinity"):
         return None
-    usable = [c for c in cores if c in set(available_cores())] or available_cores()
+    allowed = available_cores()
+    usable = [c for c in cores if c in allowed] or allowed
     os.sched_setaffinity(0, usable)
     os.environ.setdefault("OMP_NUM_THREADS", str(len(usable)))
     return usable

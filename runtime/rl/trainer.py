@@ -10,7 +10,8 @@ What this class replaces is `train_step`: one RL step =
 2. group-normalised advantages per prompt; groups with zero reward variance carry no policy gradient and are left out
    of the forward/backward (unless `kl_coef > 0`: their KL term still counts);
 3. behaviour log-probs: `recompute` scores the batch with the weights current when it was taken (before this
-   step's update: the first update's own forward pass, a separate pass only for later mini-batches) and corrects trainer vs sidecar with `tis` / `mis` (rho = exp(trainer - sidecar)); `rollout` uses
+   step's update: the first update's own forward pass, a separate pass only for later mini-batches) and corrects
+   trainer vs sidecar with `tis` / `mis` (rho = exp(trainer - sidecar)); `rollout` uses
    the sidecar's log-probs as the PPO denominator (the ratio then already reweights sidecar -> trainer, so `tis`
    adds nothing and is not applied; `mis` masks tokens whose rho against the current policy leaves [low, cap]);
 4. `mini_batches_per_step` optimizer updates, each over its share of the samples in micro-batches of
@@ -70,12 +71,13 @@ def from_leader(obj: Any) -> Any:
     return box[0]
 
 
-def sum_over_ranks(values: Sequence[float], *, op: str = "sum") -> list[float]:
+def all_reduce_floats(values: Sequence[float], *, op: str = "sum") -> list[float]:
     """Element-wise sum (or max) of `values` over every rank."""
     if rank_and_world()[1] == 1:
         return list(values)
     tensor = torch.tensor(list(values), dtype=torch.float64)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
+    reduce_op = torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM
+    torch.distributed.all_reduce(tensor, op=reduce_op)
     return tensor.tolist()
 
 
@@ -231,7 +233,7 @@ class RLStats:
     def reduce_over_ranks(self) -> None:
         """The token-level figures over every rank's share (the batch-level ones are the same on every rank)."""
         for names, op in ((self.TOKEN_SUMS, "sum"), (self.TOKEN_MAXES, "max")):
-            values = sum_over_ranks([float(getattr(self, k)) for k in names], op=op)
+            values = all_reduce_floats([float(getattr(self, k)) for k in names], op=op)
             for name, value in zip(names, values):
                 setattr(self, name, type(getattr(self, name))(value))
 
@@ -581,7 +583,7 @@ class GRPOTrainer(RecipeTrainer):
             mini = slice(first, first + len(shard))
             first = mini.stop
             # every rank's response tokens: FSDP sums the ranks' gradients
-            n_tokens = max(int(sum_over_ranks([float(rows.mask[mini].sum())])[0]), 1)
+            n_tokens = max(int(all_reduce_floats([float(rows.mask[mini].sum())])[0]), 1)
             self.optimizers.zero_grad()
             for start in range(mini.start, mini.stop, micro):
                 part = slice(start, min(mini.stop, start + micro))
