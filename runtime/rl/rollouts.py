@@ -19,7 +19,14 @@ dropped and counted (the slots make that rare: a guard, e.g. after a restart fro
 reloads the weights and resumes: a generation that was running continues on the new weights and its sample carries
 two version spans. Without, the push pauses with `wait` (running generations finish on the weights they started with).
 
-**A lost sidecar.** A batch whose generate call fails with `SidecarUnavailable` asks for a restart (`sync.restart()`:
+**Active sampling** (Olmo 3; DAPO's "dynamic sampling"). A group whose rewards are all equal (every sample right, or
+every one wrong) gets advantage 0 everywhere: it costs a forward/backward and teaches nothing. With `active_sampling`
+such groups are left out and another draw of prompts is generated, until the batch has as many groups with reward
+variance as one draw has prompts (the surplus of the last draw is left out) or `max_rounds` draws were made (the batch
+then has fewer groups). Batch k makes draws k R ... k R + R - 1 (R = `max_rounds`; 1 without active sampling), so the
+prompts and sampling seeds of every batch are fixed by its index, and a resumed job needs only the batch cursor.
+
+**A lost sidecar.** A draw whose generate call fails with `SidecarUnavailable` asks for a restart (`sync.restart()`:
 a new server from the latest pushed weights; one restart however many batches noticed) and is generated again from
 its start: a batch is delivered exactly once (no prompt lost, none duplicated). A push that finds the server gone
 restarts it from the weights it was pushing. All sync operations hold one lock.
@@ -40,7 +47,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from runtime.rollout.client import Sample, SidecarUnavailable
 
-MAX_ATTEMPTS = 5  # generate attempts of one batch (each failed one restarts the sidecar) before giving up
+MAX_ATTEMPTS = 5  # generate attempts of one draw (each failed one restarts the sidecar) before giving up
+ZERO_SPREAD = 1e-8  # rewards closer than this count as equal (as runtime.rl.loss.group_advantages does)
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,17 @@ class LoopSettings:
     inflight_updates: bool
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False  # tests: generate max_tokens whatever the model samples
-    seed: int | None = None  # sampling seed (batch k prompt i: seed + 1000 k + i); None: unseeded
+    seed: int | None = None  # sampling seed (draw d prompt i: seed + 1000 d + i); None: unseeded
+    active_sampling: bool = False  # leave out groups without reward variance, draw again (see the module docstring)
+    max_rounds: int = 1  # active sampling: draws per batch at most
 
     def __post_init__(self) -> None:
-        if self.group_size < 1 or self.max_tokens < 1 or self.max_staleness < 0:
+        if self.group_size < 1 or self.max_tokens < 1 or self.max_staleness < 0 or self.max_rounds < 1:
             raise ValueError(f"bad rollout settings: {self}")
+
+    @property
+    def draws_per_batch(self) -> int:
+        return self.max_rounds if self.active_sampling else 1
 
 
 @dataclass
@@ -79,9 +93,14 @@ class Rollout:
 class RolloutBatch:
     index: int
     groups: list[list[Rollout]]  # one list per prompt
-    started_version: int  # the version served when its generation was (last) submitted
+    started_version: int  # the version served when its generation started
     generate_s: float
     attempts: int = 1
+    rounds: int = 1  # draws of prompts this batch took (active sampling: up to max_rounds)
+    prompts_drawn: int = 0
+    filtered_groups: int = 0  # active sampling: groups left out for having no reward variance
+    drawn_reward_sum: float = 0.0  # over every sample drawn, the left-out groups' too
+    drawn_samples: int = 0
     dropped: int = 0  # samples dropped as too stale at take()
     staleness: Counter[int] = field(default_factory=Counter)  # trainer version - oldest version -> samples
 
@@ -90,9 +109,14 @@ class RolloutBatch:
         return [r for g in self.groups for r in g]
 
 
-PromptFn = Callable[[int], Sequence[tuple[list[int], Mapping[str, Any]]]]  # batch index -> [(tokens, row)]
-ScoreFn = Callable[[int, Sequence[str], Sequence[Mapping[str, Any]]], list[tuple[float, dict[str, float]]]]
+PromptFn = Callable[[int], Sequence[tuple[list[int], Mapping[str, Any]]]]  # draw index -> [(tokens, row)]
+ScoreFn = Callable[[int, Sequence[str], Sequence[Mapping[str, Any]]], list[tuple[float, dict[str, float]]]]  # draw
 DecodeFn = Callable[[list[int]], str]
+
+
+def has_reward_variance(group: Sequence[Rollout]) -> bool:
+    """Whether the group's rewards differ (GRPO's advantages are all 0 otherwise: no policy gradient)."""
+    return len(group) > 1 and max(r.reward for r in group) - min(r.reward for r in group) > ZERO_SPREAD
 
 
 class LoopFailed(RuntimeError):
@@ -186,44 +210,71 @@ class AsyncRollouts:
             self.cond.notify_all()
 
     def _generate(self, index: int) -> RolloutBatch:
+        """Batch `index`: draw `index * draws_per_batch` (and, with active sampling, the following draws until
+        there are as many groups with reward variance as one draw has prompts)."""
         s = self.settings
-        items = list(self.prompts(index))
+        start, version = time.perf_counter(), self.version
+        groups: list[list[Rollout]] = []
+        attempts = drawn = filtered = rounds = samples = 0
+        target, reward_sum = 0, 0.0
+        for rounds in range(1, s.draws_per_batch + 1):
+            draw = index * s.draws_per_batch + rounds - 1
+            drawn_groups, tries = self._generate_draw(draw)
+            attempts += tries
+            drawn += len(drawn_groups)
+            samples += sum(len(g) for g in drawn_groups)
+            reward_sum += sum(r.reward for g in drawn_groups for r in g)
+            target = target or len(drawn_groups)
+            if not s.active_sampling:
+                groups = drawn_groups
+                break
+            informative = [g for g in drawn_groups if has_reward_variance(g)]
+            filtered += len(drawn_groups) - len(informative)
+            groups.extend(informative[:target - len(groups)])
+            if len(groups) >= target:
+                break
+        return RolloutBatch(index, groups, version, time.perf_counter() - start, attempts=attempts, rounds=rounds,
+                            prompts_drawn=drawn, filtered_groups=filtered, drawn_reward_sum=reward_sum,
+                            drawn_samples=samples)
+
+    def _generate_draw(self, draw: int) -> tuple[list[list[Rollout]], int]:
+        """One draw of prompts, `group_size` samples each, scored: (one group per prompt, generate attempts)."""
+        s = self.settings
+        items = list(self.prompts(draw))
         prompts = [tokens for tokens, _ in items]
-        seed = None if s.seed is None else s.seed + 1000 * index
-        start = time.perf_counter()
+        seed = None if s.seed is None else s.seed + 1000 * draw
         for attempt in range(1, MAX_ATTEMPTS + 1):
             if self.stopping.is_set():
                 raise LoopFailed("stopped")
-            handle_generation, version = self.handle.generation, self.version
+            handle_generation = self.handle.generation
             self._busy_update(active=+1)
             try:
-                groups = self.handle.client.generate(prompts, n=s.group_size, temperature=s.temperature,
-                                                     max_tokens=s.max_tokens, seed=seed,
-                                                     stop_token_ids=list(s.stop_token_ids) or None,
-                                                     ignore_eos=s.ignore_eos)
+                samples = self.handle.client.generate(prompts, n=s.group_size, temperature=s.temperature,
+                                                      max_tokens=s.max_tokens, seed=seed,
+                                                      stop_token_ids=list(s.stop_token_ids) or None,
+                                                      ignore_eos=s.ignore_eos)
                 break
             except SidecarUnavailable as exc:
                 if self.stopping.is_set():
                     raise LoopFailed("stopped") from None
-                self.log(f"rollout batch {index}: sidecar unavailable ({exc}); restarting it (attempt {attempt})")
+                self.log(f"rollout draw {draw}: sidecar unavailable ({exc}); restarting it (attempt {attempt})")
                 self._recover(handle_generation)
             finally:
                 self._busy_update(active=-1)
         else:
-            raise LoopFailed(f"rollout batch {index}: the sidecar failed {MAX_ATTEMPTS} times")
-        generate_s = time.perf_counter() - start
+            raise LoopFailed(f"rollout draw {draw}: the sidecar failed {MAX_ATTEMPTS} times")
         rows = [row for _, row in items for _ in range(s.group_size)]
-        texts = [self.decode(sample.token_ids) for group in groups for sample in group]
-        scored = self.score(index, texts, rows)
+        texts = [self.decode(sample.token_ids) for group in samples for sample in group]
+        scored = self.score(draw, texts, rows)
         out: list[list[Rollout]] = []
         k = 0
-        for (tokens, row), group in zip(items, groups):
+        for (tokens, row), group in zip(items, samples):
             out.append([])
             for sample in group:
                 total, parts = scored[k]
                 out[-1].append(Rollout(row, tokens, sample, texts[k], float(total), parts))
                 k += 1
-        return RolloutBatch(index, out, version, generate_s, attempts=attempt)
+        return out, attempt
 
     def _recover(self, seen_generation: int) -> None:
         """Bring the sidecar back unless someone already did (one restart for all the batches that noticed)."""

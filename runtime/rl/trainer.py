@@ -8,7 +8,9 @@ What this class replaces is `train_step`: one RL step =
 1. `take` the next rollout batch from the async loop (`runtime.rl.rollouts`; waits when generation is behind; samples
    staler than `max_staleness` dropped and counted);
 2. group-normalised advantages per prompt; groups with zero reward variance carry no policy gradient and are left out
-   of the forward/backward (unless `kl_coef > 0`: their KL term still counts);
+   of the forward/backward (unless `kl_coef > 0`: their KL term still counts). With `active_sampling` the rollout
+   loop has already left them out and drawn more prompts in their place; a batch in which it found none trains on
+   nothing (the step counts; the weights are pushed unchanged);
 3. behaviour log-probs: `recompute` scores the batch with the weights current when it was taken (before this
    step's update: the first update's own forward pass, a separate pass only for later mini-batches) and corrects
    trainer vs sidecar with `tis` / `mis` (rho = exp(trainer - sidecar)); `rollout` uses
@@ -175,6 +177,11 @@ class RLStats:
     truncated: int = 0
     groups: int = 0
     zero_variance_groups: int = 0
+    prompts_drawn: int = 0
+    filtered_groups: int = 0  # active sampling: left out by the rollout loop for having no reward variance
+    sampling_rounds: int = 0
+    drawn_reward_sum: float = 0.0
+    drawn_samples: int = 0
     dropped: int = 0
     staleness: Counter[int] = field(default_factory=Counter)
     tokens: int = 0
@@ -204,6 +211,11 @@ class RLStats:
             self.two_span_samples += len({s.version for s in r.sample.versions}) > 1
         self.dropped += batch.dropped
         self.staleness.update(batch.staleness)
+        self.prompts_drawn += batch.prompts_drawn
+        self.filtered_groups += batch.filtered_groups
+        self.sampling_rounds += batch.rounds
+        self.drawn_reward_sum += batch.drawn_reward_sum
+        self.drawn_samples += batch.drawn_samples
 
     def add_fresh_diff(self, trainer: torch.Tensor, sidecar: torch.Tensor, mask: torch.Tensor) -> None:
         """|trainer - sidecar| on tokens whose sampling weights are the trainer's (identical weights)."""
@@ -251,6 +263,9 @@ class RLStats:
             "samples": len(self.rewards), "dropped_samples": self.dropped,
             "staleness_hist": {str(k): v for k, v in sorted(self.staleness.items())},
             "groups": self.groups, "zero_variance_groups": self.zero_variance_groups,
+            "prompts_drawn": self.prompts_drawn, "filtered_groups": self.filtered_groups,
+            "sampling_rounds": self.sampling_rounds,
+            "reward_drawn_mean": self.drawn_reward_sum / self.drawn_samples if self.drawn_samples else mean,
             "trained_tokens": self.tokens,
             "rho_mean": self.rho_sum / t if self.rho_tokens else 1.0, "rho_max": self.rho_max if self.rho_tokens else 1.0,
             "is_truncated_frac": self.n_truncated / t, "is_masked_frac": self.n_masked / t,
@@ -452,7 +467,9 @@ class GRPOTrainer(RecipeTrainer):
                                     temperature=float(self.grpo.get("temperature", 1.0)),
                                     max_staleness=int(self.async_cfg.get("max_staleness", 0)),
                                     inflight_updates=bool(self.async_cfg.get("inflight_updates", False)),
-                                    stop_token_ids=(self.eos_id,))
+                                    stop_token_ids=(self.eos_id,),
+                                    active_sampling=bool(self.grpo.get("active_sampling", False)),
+                                    max_rounds=int(self.grpo.get("max_sampling_rounds", 1)))
             prompts_per_step = int(self.grpo["prompts_per_step"])
             if self.config.eval_rows:
                 before = self.held_out_before(version)
@@ -500,7 +517,7 @@ class GRPOTrainer(RecipeTrainer):
         if self.leader:
             assert self.loop is not None
             batch = self.loop.take(version)
-            while not batch.groups:  # every sample too stale: nothing to train on
+            while not batch.groups and batch.dropped:  # every sample too stale: nothing to train on
                 stats.dropped += batch.dropped
                 self.loop.release()
                 batch = self.loop.take(version)
@@ -528,6 +545,7 @@ class GRPOTrainer(RecipeTrainer):
         if self.leader:
             logger.info(f"rl step {self.step}: reward {metrics['reward_mean']:.3f} loss {metrics['loss']:.4f} "
                         f"len {metrics['response_len_mean']:.1f} zero-var {stats.zero_variance_groups}/{stats.groups} "
+                        f"drawn {stats.prompts_drawn} "
                         f"stale {metrics['staleness_hist']} wait {waited:.2f}s train {trained:.2f}s")
 
     def samples_with_advantages(self, batch: RolloutBatch, stats: RLStats) -> list[tuple[Rollout, float]]:

@@ -355,6 +355,12 @@ def test_rollout_too_short_for_prompt_and_response(tmp_path: Path) -> None:
     assert "raise max_model_len to 164" in message
 
 
+def test_sampling_rounds_without_active_sampling(tmp_path: Path) -> None:
+    text = edit(FULL, "max_response_tokens: 64}", "max_response_tokens: 64, max_sampling_rounds: 4}")
+    message = expect_one(tmp_path, text, "max_sampling_rounds: 4", "stages[3].grpo.max_sampling_rounds", value="4}")
+    assert "active_sampling: true" in message
+
+
 def test_fixed_data_mix_weights_must_sum_to_one(tmp_path: Path) -> None:
     text = edit(MINIMAL, "weights: {text: 1.0}", "weights: {text: 0.7}")
     message = expect_one(tmp_path, text, "{text: 0.7}", "data.mix.weights")

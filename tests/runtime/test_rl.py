@@ -33,7 +33,7 @@ from runtime.hf_export import export_hf, hf_state_dict
 from runtime.model_factory import build_model
 from runtime.outputs import read_done, read_metrics
 from runtime.rl.loss import clipped_surrogate, correction, group_advantages, grpo_token_loss, kl_k3, token_logprobs
-from runtime.rl.rollouts import AsyncRollouts, LoopSettings, Rollout
+from runtime.rl.rollouts import AsyncRollouts, LoopSettings, Rollout, has_reward_variance
 from runtime.rl.trainer import RLStats, build_rows, prompt_tokens_of, shard_for_rank
 from runtime.rollout.client import Sample, VersionSpan
 from runtime.rollout.control import SidecarHandle
@@ -192,7 +192,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def make_loop(world: dict[str, Any], *, staleness: int, max_tokens: int = 16, inflight: bool = True,
-              prompts_per_batch: int = 4, group_size: int = 2) -> tuple[AsyncRollouts, FilesystemWeightSync]:
+              prompts_per_batch: int = 4, group_size: int = 2, score: Any = None, active_sampling: bool = False,
+              max_rounds: int = 1) -> tuple[AsyncRollouts, FilesystemWeightSync]:
     handle: SidecarHandle = world["handle"]
     sync = FilesystemWeightSync(handle, world["weights_root"])
     prompts = world["prompts"]
@@ -200,12 +201,14 @@ def make_loop(world: dict[str, Any], *, staleness: int, max_tokens: int = 16, in
     def batch_prompts(k: int) -> list[tuple[list[int], dict[str, Any]]]:
         return [prompts[(k * prompts_per_batch + i) % len(prompts)] for i in range(prompts_per_batch)]
 
-    def score(k: int, texts: Any, rows: Any) -> list[tuple[float, dict[str, float]]]:
+    def parity(k: int, texts: Any, rows: Any) -> list[tuple[float, dict[str, float]]]:
         return [(float(len(t) % 2), {"parity": float(len(t) % 2)}) for t in texts]
 
     settings = LoopSettings(group_size=group_size, max_tokens=max_tokens, temperature=1.0, max_staleness=staleness,
-                            inflight_updates=inflight, ignore_eos=True)
-    loop = AsyncRollouts(handle, sync, settings, prompts=batch_prompts, score=score, decode=lambda ids: "x" * len(ids),
+                            inflight_updates=inflight, ignore_eos=True, active_sampling=active_sampling,
+                            max_rounds=max_rounds)
+    loop = AsyncRollouts(handle, sync, settings, prompts=batch_prompts, score=score or parity,
+                         decode=lambda ids: "x" * len(ids),
                          start_batch=0, version=sync.latest_version)
     return loop, sync
 
@@ -245,6 +248,55 @@ def test_producer_keeps_staleness_within_the_bound(world: dict[str, Any]) -> Non
             loop.push(weights, base + step)
     finally:
         loop.stop()
+
+
+def test_active_sampling_draws_until_every_group_has_reward_variance(world: dict[str, Any]) -> None:
+    """Every third prompt earns a reward on its group's first sample only (reward variance); the others earn 0
+    everywhere. Batch k draws 4k, 4k+1, ... (4 prompts each) until it has 4 groups with variance; with one draw
+    allowed it trains on the one or two such groups its draw has."""
+    prompts = world["prompts"]
+    position = {id(row): i for i, (_, row) in enumerate(prompts)}
+    informative = {i for i in range(len(prompts)) if i % 3 == 0}
+
+    def score(draw: int, texts: Any, rows: Any) -> list[tuple[float, dict[str, float]]]:
+        out = []
+        for k, row in enumerate(rows):
+            value = float(position[id(row)] in informative and k % 2 == 0)
+            out.append((value, {"first": value}))
+        return out
+
+    def expected(batch: int, rounds: int) -> tuple[list[int], int, int]:
+        """(the prompt positions batch `batch` keeps, draws made, groups left out)."""
+        kept: list[int] = []
+        made = filtered = 0
+        for draw in range(batch * rounds, batch * rounds + rounds):
+            made += 1
+            drawn = [(draw * 4 + i) % len(prompts) for i in range(4)]
+            filtered += sum(i not in informative for i in drawn)
+            kept += [i for i in drawn if i in informative][:4 - len(kept)]
+            if len(kept) == 4:
+                break
+        return kept, made, filtered
+
+    for rounds, full in ((4, True), (1, False)):
+        loop, sync = make_loop(world, staleness=1, score=score, active_sampling=True, max_rounds=rounds)
+        base = sync.latest_version
+        weights = hf_state_dict(world["model"], world["spec"])
+        loop.start()
+        try:
+            for step in range(1, 4):
+                batch = loop.take(base + step - 1, timeout=120)
+                kept, made, filtered = expected(batch.index, rounds)
+                assert [position[id(g[0].row)] for g in batch.groups] == kept
+                assert all(has_reward_variance(g) and len(g) == 2 for g in batch.groups)
+                assert (batch.rounds, batch.prompts_drawn, batch.filtered_groups) == (made, 4 * made, filtered)
+                assert batch.drawn_samples == 8 * made and batch.drawn_reward_sum == len(
+                    [i for d in range(made) for i in range(4)
+                     if (((batch.index * rounds + d) * 4 + i) % len(prompts)) in informative])
+                assert (len(batch.groups) == 4) if full else (1 <= len(batch.groups) < 4)
+                loop.push(weights, base + step)
+        finally:
+            loop.stop()
 
 
 def test_recomputed_and_sidecar_logprobs_agree_on_identical_weights(world: dict[str, Any]) -> None:
@@ -319,7 +371,8 @@ def test_a_killed_sidecar_is_restarted_with_the_latest_weights_and_no_batch_is_l
 
 
 def run_rl_job(world: dict[str, Any], out: Path, processes: int = 1, reward_mode: str = "verifiers",
-               async_settings: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+               async_settings: dict[str, Any] | None = None,
+               grpo_settings: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
     """The tiny recipe's rlvr job, cut to 3 RL steps of 4 prompts x 4 (checkpoint at step 2), against the module's
     sidecar, writing to `out`."""
     job = json.loads(json.dumps(world["trainer_job"]))
@@ -329,7 +382,8 @@ def run_rl_job(world: dict[str, Any], out: Path, processes: int = 1, reward_mode
     cfg["tokenizer"] = "toy/tokenizer"
     cfg["scale"].update(steps=3, seq_len=64, processes=processes)
     cfg["checkpoint_every"] = 2
-    cfg["rl"]["grpo"].update(prompts_per_step=4, group_size=4, max_response_tokens=24, kl_coef=0.05)  # + the KL path
+    cfg["rl"]["grpo"].update({"prompts_per_step": 4, "group_size": 4, "max_response_tokens": 24,
+                              "kl_coef": 0.05, **(grpo_settings or {})})  # kl_coef: the KL path too
     cfg["rl"]["async"].update(max_staleness=1, **(async_settings or {}))
     cfg["rl"]["rollout_job"] = "rlvr-rollout"
     cfg["rl"]["reward_mode"] = reward_mode
@@ -383,6 +437,20 @@ def test_rollout_logprobs_with_mis_train_against_the_sidecars_logprobs(world: di
     assert first["is_masked_frac"] == 0.0 and abs(first["rho_mean"] - 1.0) < 1e-3
     assert first["logprob_diff_fresh_max"] is None  # measured in recompute mode only
     assert all(0.0 <= m["is_masked_frac"] <= 1.0 and m["rho_max"] > 0 for m in steps)
+    assert world["proc"].poll() is None
+
+
+def test_active_sampling_that_finds_no_signal_trains_on_nothing_and_goes_on(world: dict[str, Any]) -> None:
+    """The random-init model answers nothing right: with active sampling every draw's groups are left out (all
+    rewards 0), each step makes its 2 draws, trains on nothing and pushes the weights unchanged; the job finishes."""
+    out = world["root"] / "rlvr-active"
+    result = run_rl_job(world, out, grpo_settings={"active_sampling": True, "max_sampling_rounds": 2, "kl_coef": 0.0})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    steps = rl_steps(out)
+    assert [m["step"] for m in steps] == [1, 2, 3] and [m["batch"] for m in steps] == [0, 1, 2]
+    for m in steps:
+        assert (m["sampling_rounds"], m["prompts_drawn"], m["filtered_groups"]) == (2, 8, 8)
+        assert m["samples"] == 0 and m["updates"] == 0 and m["reward_drawn_mean"] == 0.0
     assert world["proc"].poll() is None
 
 
