@@ -39,7 +39,7 @@ def _check_lengths(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSp
 def _check_sampling(ctx: PlanContext, stage: RlvrStage, at: tuple) -> None:
     g = stage.grpo
     if "max_sampling_rounds" in g.model_fields_set and not g.active_sampling:
-        ctx.error((*at, "grpo", "max_sampling_rounds"), "applies only with active_sampling: true (set it, or remove max_sampling_rounds)")
+        ctx.warn((*at, "grpo", "max_sampling_rounds"), "has no effect without active_sampling: true")
 
 
 def _rollout_memory(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSpec, rollouts: int) -> estimates.RolloutMemory:

@@ -382,10 +382,12 @@ def run_rl_job(world: dict[str, Any], out: Path, processes: int = 1, reward_mode
     cfg["tokenizer"] = "toy/tokenizer"
     cfg["scale"].update(steps=3, seq_len=64, processes=processes)
     cfg["checkpoint_every"] = 2
-    cfg["rl"]["grpo"].update({"prompts_per_step": 4, "group_size": 4, "max_response_tokens": 24,
-                              "kl_coef": 0.05, **(grpo_settings or {})})  # kl_coef: the KL path too
+    # kl_coef: the KL path too; no active sampling: the random-init model's groups have no reward variance
+    cfg["rl"]["grpo"].update({"prompts_per_step": 4, "group_size": 4, "max_response_tokens": 24, "kl_coef": 0.05,
+                              "active_sampling": False, **(grpo_settings or {})})
     cfg["rl"]["async"].update(max_staleness=1, **(async_settings or {}))
     cfg["rl"]["rollout_job"] = "rlvr-rollout"
+    cfg["rl"]["rewards"] = [{"verifier": "math", "weight": 1.0}, {"verifier": "format", "weight": 0.1}]
     cfg["rl"]["reward_mode"] = reward_mode
     config = world["root"] / "rlvr.config.json"
     config.write_text(json.dumps(job))
