@@ -76,6 +76,15 @@ def compile_text(tmp_path: Path, text: str, *sets: str, name: str = "r.yaml") ->
     return path, check_failed(run_main(args), out)
 
 
+def compile_warnings(tmp_path: Path, text: str, *, about: str) -> tuple[Path, list[str]]:
+    """Compile `text` (it must succeed); (its path, the warning lines that mention `about`)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = run_main(["compile", path, "-o", tmp_path / "out"])
+    assert result.code == 0, result.err
+    return path, [line for line in result.out.splitlines() if "warning:" in line and about in line]
+
+
 def position(text: str, needle: str, value: str | None = None, *, occurrence: int = 1) -> str:
     """'LINE:COL' of the line holding `needle`, at the column where `value` (default `needle`) starts on it."""
     line = line_of(text, needle, occurrence=occurrence)
@@ -359,11 +368,7 @@ def test_sampling_rounds_without_active_sampling_is_a_located_warning(tmp_path: 
     """A warning, not an error: `--set stages.rl.grpo.active_sampling=false` on a recipe that sets the rounds must
     still compile."""
     text = edit(FULL, "max_response_tokens: 64}", "max_response_tokens: 64, max_sampling_rounds: 4}")
-    path = tmp_path / "r.yaml"
-    path.write_text(text, encoding="utf-8")
-    result = run_main(["compile", path, "-o", tmp_path / "out"])
-    assert result.code == 0, result.err
-    warnings = [line for line in result.out.splitlines() if "max_sampling_rounds" in line]
+    path, warnings = compile_warnings(tmp_path, text, about="max_sampling_rounds")
     assert warnings == [f"{display(path)}:{position(text, 'max_sampling_rounds: 4', '4}')}: warning: "
                         "stages[3].grpo.max_sampling_rounds: has no effect without active_sampling: true"]
 
@@ -428,11 +433,7 @@ def test_regmix_min_weight_above_max_weight(tmp_path: Path, tiny_full_text: str)
 
 def test_regmix_swarm_too_small_for_its_cv_is_a_located_warning(tmp_path: Path, tiny_full_text: str) -> None:
     text = edit(tiny_full_text, "swarm_size: 24", "swarm_size: 6")
-    path = tmp_path / "r.yaml"
-    path.write_text(text, encoding="utf-8")
-    result = run_main(["compile", path, "-o", tmp_path / "out"])
-    assert result.code == 0, result.err
-    warnings = [line for line in result.out.splitlines() if "warning:" in line]
+    path, warnings = compile_warnings(tmp_path, text, about="swarm_size")
     assert warnings == [f"{display(path)}:{position(text, 'swarm_size: 6', '6')}: warning: data.mix.swarm_size: 6 proxies "
                         "are too few for the fit's 4-fold CV (at least 8): mix-fit will fail after the swarm"]
 
