@@ -10,7 +10,8 @@ Per run it prints: wall time of the RL steps (the sum of the steps' times: sidec
 excluded), steps/s, trainer idle fraction (time waiting for a rollout batch / wall), sidecar idle fraction (time with
 no unpaused generate request in flight / wall), the mean reward of every sample drawn in the first 5 -> the last 5
 steps, held-out exact match before -> after, and the trainer-vs-sidecar log-prob difference on identical weights
-(tokens sampled by the very weights the trainer scores them with, `recompute` mode: max and mean |diff|). Then the ratio async/sync of each staleness > 0 to staleness 0.
+(tokens sampled by the very weights the trainer scores them with, `recompute` mode: max and mean |diff|). Then the
+ratio async/sync of each staleness > 0 to staleness 0.
 
 Each run starts its own sidecar (`runtime.rollout:run_sidecar`) and trainer (`runtime.rl:run_trainer`) through
 `runtime.run_job`, with the environment variables the launcher sets (RECIPE_OUTPUT_DIR, RECIPE_INPUT_DPO,
