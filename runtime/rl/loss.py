@@ -1,7 +1,8 @@
 """The GRPO loss and its parts, as pure tensor functions (no model, no trainer): each is tested on hand-computed values.
 
 - `group_advantages(rewards)`: (reward - group mean) / (group std + eps) per group of one prompt's samples (population
-  std); a group whose rewards are all equal has advantage 0 on every sample and is flagged (it carries no signal).
+  std); a group whose rewards are all equal (spread at most `ZERO_SPREAD`, the rule active sampling filters by) has
+  advantage 0 on every sample and is flagged (it carries no signal).
 - `clipped_surrogate(logp, old, adv, clip_low, clip_high)`: PPO's per-token loss -min(r A, clip(r, 1 - clip_low,
   1 + clip_high) A) with r = exp(logp - old), and where the clipped branch was taken.
 - `correction(trainer, sidecar, mask, kind, level, cap, low)`: the trainer/sidecar importance ratio
@@ -25,10 +26,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from runtime.rl.rollouts import ZERO_SPREAD
+
 CorrectionKind = Literal["none", "tis", "mis"]
 Level = Literal["token", "sequence"]
 ADV_EPS = 1e-6
-ZERO_STD = 1e-8
 LOG_RHO_MAX = 20.0  # exp(20) ~ 5e8: a sequence-level ratio beyond this is reported as this
 
 
@@ -39,7 +41,7 @@ def group_advantages(rewards: torch.Tensor, eps: float = ADV_EPS) -> tuple[torch
     rewards = rewards.double()
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, unbiased=False, keepdim=True)
-    zero = std[:, 0] < ZERO_STD
+    zero = rewards.amax(dim=1) - rewards.amin(dim=1) <= ZERO_SPREAD
     adv = (rewards - mean) / (std + eps)
     adv[zero] = 0.0
     return adv, zero

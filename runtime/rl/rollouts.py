@@ -48,7 +48,7 @@ from typing import Any, Callable, Mapping, Sequence
 from runtime.rollout.client import Sample, SidecarUnavailable
 
 MAX_ATTEMPTS = 5  # generate attempts of one draw (each failed one restarts the sidecar) before giving up
-ZERO_SPREAD = 1e-8  # rewards closer than this count as equal (as runtime.rl.loss.group_advantages does)
+ZERO_SPREAD = 1e-8  # rewards this close count as equal, here and in runtime.rl.loss.group_advantages
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,15 @@ def test_group_advantages_are_normalised_per_group_and_zero_variance_groups_flag
     assert torch.allclose(adv[2], torch.tensor([2.25, -0.75, -0.75, -0.75], dtype=torch.float64) / (std + 1e-6))
 
 
+def test_the_loss_and_active_sampling_agree_on_which_groups_carry_no_signal() -> None:
+    groups = [[0.5, 0.5, 0.5 + 5e-9, 0.5], [0.0, 0.0, 0.0, 2e-8], [0.1, 0.1, 0.1, 0.1], [1.0, 0.0, 0.0, 0.0]]
+    _, zero = group_advantages(torch.tensor(groups, dtype=torch.float64))
+    sample = Sample(0, [5], [0.0], [], "stop")
+    variance = [has_reward_variance([Rollout({}, [0], sample, "", r, {}) for r in g]) for g in groups]
+    assert zero.tolist() == [True, False, True, False]
+    assert variance == [not z for z in zero.tolist()]
+
+
 def test_clipped_surrogate_uses_separate_low_and_high_bounds() -> None:
     logp = torch.log(torch.tensor([1.5, 0.5, 1.5, 0.5, 1.1]))
     old = torch.zeros(5)
