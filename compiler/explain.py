@@ -86,7 +86,11 @@ def explain_text(data: dict[str, Any]) -> str:
     for name, s in data["stages"].items():
         if "step_seconds" in s:
             st = s["step_seconds"]
-            lines.append(f"{name}: {s['rollouts_per_step']} rollouts/step; per step train {st['train']:.1f}s, generate {st['generate']:.1f}s -> {st['step']:.1f}s")
+            generate = f"generate {st['generate']:.1f}s"
+            if "generate_max" in st:
+                generate += f" (up to {st['generate_max']:.1f}s with every active-sampling draw)"
+            lines.append(f"{name}: {s['rollouts_per_step']} rollouts/step; per step train {st['train']:.1f}s, "
+                         f"{generate} -> {st['step']:.1f}s")
     t = data["totals"]
     at_once = f"up to {t['max_gpus']} GPUs at once" if t["max_gpus"] else "CPU only"
     lines.append(f"total: {t['jobs']} jobs ({t['tasks']} tasks), {hours(t['gpu_hours'])} GPU-hours, {at_once}")
