@@ -193,7 +193,8 @@ def test_rl_group_trains_against_its_vllm_sidecar_on_slurm(slurm_cluster: dict[s
     from test_pipeline import launch as launch_tiny, report
 
     recipe = tiny_tree_with_model(tmp_path, "init-model")
-    sets = ["stages.rlvr.from=../init-model", "stages.rlvr.steps=3", "stages.rlvr.checkpoint_every=2",
+    sets = ["stages.rlvr.from=../init-model", "stages.rlvr.steps=3", "stages.rlvr.schedule.warmup_steps=0",
+            "stages.rlvr.checkpoint_every=2",
             "stages.rlvr.grpo.prompts_per_step=4", "stages.rlvr.grpo.group_size=4",
             "stages.rlvr.grpo.max_response_tokens=24", "stages.rlvr.controls=[]",
             # a random-init model answers nothing right: active sampling would make every draw it may, for nothing
