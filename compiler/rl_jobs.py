@@ -42,6 +42,19 @@ def _check_sampling(ctx: PlanContext, stage: RlvrStage, at: tuple) -> None:
         ctx.warn((*at, "grpo", "max_sampling_rounds"), "has no effect without active_sampling: true")
 
 
+def _check_weight_sync(ctx: PlanContext, stage: RlvrStage, at: tuple, trainer_gpus: int) -> None:
+    r = stage.rollout
+    if r.weight_sync != "nccl":
+        return
+    field = (*at, "rollout", "weight_sync")
+    if r.gpus == 0 or trainer_gpus == 0:
+        side = "the sidecar" if r.gpus == 0 else "the trainer"
+        ctx.error(field, f"nccl broadcasts from the trainer's GPU into the sidecar's, and {side} has none: use filesystem")
+    elif r.gpus != r.tensor_parallel:
+        ctx.error(field, f"nccl reaches one vLLM engine of tensor_parallel GPUs, and the sidecar has {r.gpus // r.tensor_parallel} "
+                         f"({r.gpus} GPUs, tensor_parallel {r.tensor_parallel}): set gpus to tensor_parallel, or use filesystem")
+
+
 def _rollout_memory(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSpec, rollouts: int) -> estimates.RolloutMemory:
     r = stage.rollout
     device = device_for(ctx.recipe.cluster, r.gpus, 1)
@@ -80,6 +93,7 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
     if rollouts % scale.global_batch_sequences:
         ctx.error((*at, "global_batch_sequences"), f"{scale.global_batch_sequences} must divide the {rollouts} rollouts per step (prompts_per_step × group_size)")
     mini_batches = max(1, rollouts // scale.global_batch_sequences)
+    _check_weight_sync(ctx, stage, at, scale.gpus)
     rollout_memory = _rollout_memory(ctx, stage, at, model, rollouts)
 
     train_s = scale.compute_hours * 3600 * mini_batches / scale.steps / scale.processes
@@ -96,7 +110,7 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
         rl = {
             "grpo": dump(stage.grpo), "async": dump(stage.async_), "rewards": [dump(w) for w in stage.rewards],
             "reward_mode": reward, "rollouts_per_step": rollouts, "mini_batches_per_step": mini_batches,
-            "rollout_job": rollout_id,
+            "rollout_job": rollout_id, "weight_sync": r.weight_sync, "sidecar_tensor_parallel": r.tensor_parallel,
         }
         config = {**training_config(stage, model, init, scale), "prompts": dump(stage.prompts), "rl": rl}
         est = {**training_estimates(model, scale), "wall_hours": round(wall_h, 4),

@@ -148,7 +148,8 @@ class Rollout(Spec):
     weight_sync: Literal["filesystem", "nccl"] = Field(
         "filesystem",
         description="How the trainer's weights reach the sidecar: safetensors on a shared filesystem, reloaded in "
-        "place (any cluster, CPU too), or NCCL broadcast through vLLM's weight-transfer routes (GPU clusters).",
+        "place (any cluster, CPU too), or NCCL broadcast through vLLM's weight-transfer routes (GPU clusters: the "
+        "trainer and the sidecar on GPUs, the sidecar one engine of tensor_parallel GPUs).",
     )
 
 

@@ -325,7 +325,8 @@ class GRPOTrainer(RecipeTrainer):
     @dataclass(kw_only=True, slots=True)
     class Config(RecipeTrainer.Config):
         rl: dict[str, Any] = field(default_factory=dict)
-        """The job's `rl` block: grpo, async, rewards, reward_mode, mini_batches_per_step, rollout_job."""
+        """The job's `rl` block: grpo, async, rewards, reward_mode, mini_batches_per_step, rollout_job, weight_sync,
+        sidecar_tensor_parallel."""
         model_json: dict[str, Any] = field(default_factory=dict)
         """The job's model block (spec.model.ModelSpec), for the Hugging Face names of a push."""
         sidecar_dir: str = ""
@@ -449,7 +450,8 @@ class GRPOTrainer(RecipeTrainer):
         only take part in the weights' gather)."""
         from torchtitan.tools.logging import logger
 
-        from runtime.rollout import FilesystemWeightSync, SidecarHandle
+        from runtime.rollout import SidecarHandle
+        from runtime.rollout.weights import weight_sync_for
 
         out = Path(self.config.dump_folder)
         version = self.step - 1  # train() has already counted the step about to run
@@ -459,7 +461,7 @@ class GRPOTrainer(RecipeTrainer):
         if self.leader:
             self.handle = SidecarHandle.connect(self.config.sidecar_dir, trainer_dir=out,
                                                 wait=self.config.connect_wait_s)
-            sync = FilesystemWeightSync(self.handle, out / "rollout-weights")
+            sync = weight_sync_for(self.handle, self.config.rl, out)
             if self.handle.client.weight_version() != version or version > 0:
                 sync.push(weights, version)  # a resumed job: the sidecar serves the restored weights
             settings = LoopSettings(group_size=int(self.grpo["group_size"]),

@@ -1,12 +1,17 @@
 """NCCL weight sync for GPU clusters: the trainer broadcasts its weights straight into vLLM's GPU workers.
 
-UNTESTED ON CPU AND NOT YET RUN ON A GPU: written against vLLM's documented weight-transfer routes and its trainer
-engine (vllm 0.32/0.33 `vllm.distributed.weight_transfer.nccl_engine`); this project's machines have no GPU. The
-tests cover what runs without one: the shared `WeightSync` interface, the argument checks, the pre-push name/shape
-check, and that the sidecar's routes exist. Exercise it on a GPU before relying on it.
+NOT YET RUN END TO END: written against vLLM's documented weight-transfer routes and its trainer engine (vllm
+0.32/0.33 `vllm.distributed.weight_transfer.nccl_engine`). CPU tests cover the shared `WeightSync` interface, the
+argument checks, the pre-push name/shape check and the sidecar's routes; `bench/gpu_weight_sync.py`, run on a lent
+GPU machine, covers what that machine allows (see docs/notes/gpu-weight-sync.md): it had one GPU (NCCL refuses two
+ranks on one device, and a trainer and a sidecar need one each) and no vllm (its CUDA wheel cannot be carried there).
+Exercise it on two GPUs before relying on it.
+
+The plan selects it with `rollout.weight_sync: nccl` (the compiler asks for GPUs on both sides and one engine);
+the trainer then builds it with `from_plan`:
 
     sync = NcclWeightSync(handle, master_address="trainer-node", master_port=29600, world_size=1 + tp)
-    sync.push(hf_state_dict(model, spec), version=step)
+    sync.push(hf_state_dict(model, spec), version=step)   # CPU tensors are copied to this process's GPU first
 
 How (vLLM's own protocol): the sidecar's server must be started with `--weight-transfer-config '{"backend":
 "nccl"}'` (`ServerSettings(weight_transfer="nccl")`). On the first push the trainer (rank 0) and the sidecar's
@@ -21,6 +26,7 @@ group, so the weights of the latest push stay referenced until the next one.
 """
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Mapping
@@ -82,7 +88,9 @@ class NcclWeightSync:
     def check(self, weights: Mapping[str, torch.Tensor]) -> None:
         check_weights(self.manifest, complete_untied(self.manifest, weights))
 
-    def _connect(self, weights: Mapping[str, torch.Tensor]) -> Any:
+    @staticmethod
+    def _vllm_engine() -> tuple[Any, Any]:
+        """vLLM's trainer-side engine classes, or NcclUnavailable in one line (no vllm, no CUDA)."""
         try:
             import torch
             from vllm.distributed.weight_transfer.nccl_engine import (
@@ -92,19 +100,33 @@ class NcclWeightSync:
                                   "use FilesystemWeightSync") from None
         if not torch.cuda.is_available():
             raise NcclUnavailable("NCCL weight sync needs CUDA; use FilesystemWeightSync on CPU")
-        info = NCCLTrainerInitInfo(master_address=self.master_address, master_port=self.master_port,
-                                   world_size=self.world_size, packed=self.packed, rank=0)
-        return NCCLTrainerWeightTransferEngine.trainer_init(info, client=RouteClient(self.sidecar, self.timeout),
-                                                            source=dict_source(weights))
+        return NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
+
+    def _connect(self, sent: Mapping[str, torch.Tensor]) -> Any:
+        init_info, engine = self._vllm_engine()
+        info = init_info(master_address=self.master_address, master_port=self.master_port,
+                         world_size=self.world_size, packed=self.packed, rank=0)
+        return engine.trainer_init(info, client=RouteClient(self.sidecar, self.timeout), source=dict_source(sent))
+
+    @classmethod
+    def from_plan(cls, sidecar: SidecarHandle, rl: Mapping[str, Any]) -> NcclWeightSync:
+        """The trainer's sync for the plan's `rl` block: this host as the rendezvous, a free port, one rank per
+        sidecar GPU (`sidecar_tensor_parallel`) besides the trainer's."""
+        return cls(sidecar, master_address=socket.getfqdn(), master_port=free_port(),
+                   world_size=1 + int(rl.get("sidecar_tensor_parallel", 1)))
 
     def push(self, weights: Mapping[str, torch.Tensor], version: int) -> PushReport:
         weights = complete_untied(self.manifest, weights)
         check_weights(self.manifest, weights)
         start = time.perf_counter()
         if self.engine is None:
-            self.engine = self._connect(weights)
-        self.engine.source = dict_source(weights)
+            self._vllm_engine()  # fails in one line before anything is copied
+        sent = on_gpu(weights)
+        if self.engine is None:
+            self.engine = self._connect(sent)
+        self.engine.source = dict_source(sent)
         self.engine.send_weights()
+        del sent
         self.sidecar.client.reset_prefix_cache()
         self.sidecar.client.set_weight_version(version)
         self.latest_weights, self.latest_version = weights, int(version)
@@ -117,6 +139,30 @@ class NcclWeightSync:
         if self.latest_weights is not None:
             self.push(self.latest_weights, self.latest_version)
         return time.perf_counter() - start
+
+
+def on_gpu(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors NCCL can send: on this process's current GPU (the trainer's weights arrive on CPU from
+    `hf_state_dict`; a copy lives only for the push), contiguous, a tied pair still one tensor."""
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    copies: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, t in weights.items():
+        key = id(t)
+        if key not in copies:
+            copies[key] = t.detach().to(device, non_blocking=True).contiguous()
+        out[name] = copies[key]
+    torch.cuda.synchronize(device)
+    return out
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (the rendezvous binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
 
 
 def dict_source(weights: Mapping[str, torch.Tensor]) -> Any:

@@ -71,7 +71,8 @@ class ServerSettings:
                    gpu_memory_utilization=float(rollout.get("gpu_memory_utilization", 0.9)),
                    dtype=str(config.get("model", {}).get("dtype", "auto")),
                    logprobs_mode=str(sampling.get("logprobs_mode", "processed_logprobs")),
-                   seed=int(config.get("seed", 0)), enforce_eager=device == "cpu")
+                   seed=int(config.get("seed", 0)), enforce_eager=device == "cpu",
+                   weight_transfer="nccl" if rollout.get("weight_sync") == "nccl" else None)
 
 
 def server_command(python: str | Path, model_dir: str | Path, host: str, port: int, settings: ServerSettings, *,

@@ -21,6 +21,7 @@ untouched: `push` retries once (when the server still answers), then restarts th
 Only the latest `keep` pushes are kept on disk.
 
 `NcclWeightSync` (runtime/rollout/nccl.py): GPU clusters, broadcast through vLLM's weight-transfer routes.
+`weight_sync_for(handle, rl, out)` picks one by the plan's `rl.weight_sync` (`rollout.weight_sync` in the recipe).
 Reading a manifest needs only the standard library (safetensors headers); writing needs torch and safetensors.
 Test: `python -m pytest tests/runtime/test_rollout.py -q`.
 """
@@ -269,3 +270,16 @@ class FilesystemWeightSync:
         for old in pushes[:-self.keep]:
             if old != self.latest_folder:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def weight_sync_for(sidecar: SidecarHandle, rl: Mapping[str, Any], out: Path) -> WeightSync:
+    """The sync the plan asks for (`rl.weight_sync`): `filesystem` pushes into `<out>/rollout-weights`, `nccl`
+    broadcasts from this process's GPU (the sidecar was started with vLLM's NCCL weight-transfer engine)."""
+    kind = rl.get("weight_sync", "filesystem")
+    if kind == "nccl":
+        from runtime.rollout.nccl import NcclWeightSync
+
+        return NcclWeightSync.from_plan(sidecar, rl)
+    if kind != "filesystem":
+        raise ValueError(f"rl.weight_sync: unknown kind {kind!r} (filesystem or nccl)")
+    return FilesystemWeightSync(sidecar, Path(out) / "rollout-weights")

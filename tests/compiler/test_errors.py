@@ -1,6 +1,7 @@
 """User mistakes: exit code 2, nothing on stdout, nothing written, and one `FILE:LINE:COL: PATH: message` line each."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -580,3 +581,36 @@ def test_output_that_is_a_file_is_a_user_error(tmp_path: Path, below: str) -> No
     assert DIAGNOSTIC.match(line) and line.startswith(f"<-o {out}>:1:1: cannot write"), line
     assert blocker.read_text() == "not a folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.yaml"]  # no staging folder left behind
+
+
+# --- weight sync ---------------------------------------------------------------------------------
+
+
+ON_GPUS = edit(FULL, "cluster: local", "cluster: {kind: local, gpus: 2, gpu: {type: H100-80GB, memory_gib: 80, "
+                                       "peak_tflops: 989, memory_bandwidth_gbps: 3350}}")
+
+
+def test_nccl_weight_sync_on_a_cpu_sidecar_is_a_located_error(tmp_path: Path) -> None:
+    text = edit(FULL, "rollout: {gpus: 0,", "rollout: {gpus: 0, weight_sync: nccl,")
+    message = expect_one(tmp_path, text, "weight_sync: nccl", "stages[3].rollout.weight_sync", value="nccl")
+    assert "the sidecar has none" in message and "use filesystem" in message
+
+
+def test_nccl_weight_sync_reaches_one_engine(tmp_path: Path) -> None:
+    """Two sidecar GPUs at tensor_parallel 1 are two engines; NCCL's group spans the trainer and one engine."""
+    text = edit(ON_GPUS, "rollout: {gpus: 0,", "rollout: {gpus: 2, weight_sync: nccl,")
+    message = expect_one(tmp_path, text, "weight_sync: nccl", "stages[3].rollout.weight_sync", value="nccl")
+    assert "the sidecar has 2 (2 GPUs, tensor_parallel 1)" in message
+
+
+def test_nccl_weight_sync_reaches_the_trainer_and_the_sidecar(tmp_path: Path) -> None:
+    """The trainer picks its sync from `rl.weight_sync`, the sidecar starts vLLM's NCCL engine from
+    `rollout.weight_sync`, and the group's size comes from `sidecar_tensor_parallel`."""
+    text = edit(ON_GPUS, "rollout: {gpus: 0,", "rollout: {gpus: 2, tensor_parallel: 2, weight_sync: nccl,")
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    assert run_main(["compile", path, "-o", tmp_path / "out"]).code == 0
+    jobs = {job["id"]: job for job in json.loads(next((tmp_path / "out").glob("*/plan.json")).read_text())["jobs"]}
+    assert jobs["rl"]["config"]["rl"]["weight_sync"] == "nccl"
+    assert jobs["rl"]["config"]["rl"]["sidecar_tensor_parallel"] == 2
+    assert jobs["rl-rollout"]["config"]["rollout"]["weight_sync"] == "nccl"

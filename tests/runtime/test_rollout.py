@@ -39,7 +39,7 @@ from runtime.rollout.nccl import NcclUnavailable, NcclWeightSync
 from runtime.rollout.server import ServerSettings, server_command
 from runtime.rollout.sidecar import SidecarFailed, resolve_model
 from runtime.rollout.weights import (
-    FilesystemWeightSync, WeightMismatch, complete_untied, mismatches, read_manifest, untie_for_serving)
+    FilesystemWeightSync, WeightMismatch, complete_untied, mismatches, read_manifest, untie_for_serving, weight_sync_for)
 from runtime.tokenizer import train_tokenizer
 from spec.model import ModelSpec
 
@@ -340,3 +340,18 @@ def test_nccl_sync_shares_the_interface_and_checks_before_it_sends(world: dict[s
         sync.push(weights, version=9)
     for method in ("check", "push", "restart"):
         assert callable(getattr(sync, method)) and callable(getattr(FilesystemWeightSync, method))
+
+
+def test_the_plans_weight_sync_picks_the_sync_and_the_servers_engine(world: dict[str, Any], tmp_path: Path) -> None:
+    """`rollout.weight_sync` reaches both sides: the trainer's `weight_sync_for` and the sidecar's server flags."""
+    handle: SidecarHandle = world["handle"]
+    nccl = weight_sync_for(handle, {"weight_sync": "nccl", "sidecar_tensor_parallel": 4}, tmp_path)
+    assert isinstance(nccl, NcclWeightSync) and nccl.world_size == 5 and 1024 <= nccl.master_port <= 65535
+    assert isinstance(weight_sync_for(handle, {}, tmp_path), FilesystemWeightSync)
+    with pytest.raises(ValueError, match="unknown kind 'rdma'"):
+        weight_sync_for(handle, {"weight_sync": "rdma"}, tmp_path)
+    job = {"rollout": {"max_model_len": 256, "max_num_seqs": 8, "tensor_parallel": 4, "weight_sync": "nccl"}}
+    command = server_command("p", "/m", "0.0.0.0", 1, ServerSettings.from_job(job, "cuda"))
+    assert json.loads(command[command.index("--weight-transfer-config") + 1]) == {"backend": "nccl"}
+    job["rollout"]["weight_sync"] = "filesystem"
+    assert "--weight-transfer-config" not in server_command("p", "/m", "0.0.0.0", 1, ServerSettings.from_job(job, "cuda"))
