@@ -12,7 +12,7 @@ from typing import Any
 
 from compiler import estimates
 from compiler.hardware import as_run_on, device_for, gpu_count_problem, nodes_for
-from compiler.job_common import JOB_ENTRIES, dump, inference_environment, resources
+from compiler.job_common import JOB_ENTRIES, dump, inference_environment, resources, warn_idle_engines
 from compiler.plan import Job, PlanContext
 from spec.generation import Delta, Distill, Endpoint, GenerationSettings
 from spec.model import ModelSpec
@@ -58,6 +58,7 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
     problem = gpu_count_problem(cluster, gpus)
     if problem:
         ctx.error((*at, "gpus"), f"generation: {problem}")
+    warn_idle_engines(ctx, (*at, "gpus"), gpus, block.tensor_parallel, "generation")
     nodes = nodes_for(cluster, gpus)
     per_node = math.ceil(gpus / nodes) if gpus else 0
     est = _generation_estimates(ctx, served, sequences, block.max_tokens, gpus, block.tensor_parallel,

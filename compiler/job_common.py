@@ -34,6 +34,15 @@ def inference_environment(cluster: LocalCluster | SlurmCluster) -> str:
     return "inference-cuda" if isinstance(cluster, SlurmCluster) or cluster.gpus > 0 else "inference-cpu"
 
 
+def warn_idle_engines(ctx: PlanContext, at: tuple, gpus: int, tensor_parallel: int, what: str) -> None:
+    """The runtime starts one vLLM server of `tensor_parallel` GPUs per job; GPUs beyond it are not used yet
+    (data-parallel engines are not launched), while the time estimates count gpus // tensor_parallel engines."""
+    if gpus > tensor_parallel:
+        ctx.warn(at, f"{what} starts one vLLM engine of {tensor_parallel} GPU(s): {gpus - tensor_parallel} of its {gpus} "
+                     f"GPUs stay idle (data-parallel engines are not launched yet; the time estimate counts "
+                     f"{gpus // tensor_parallel} engines)")
+
+
 def dump(obj: Any, *, exclude: set[str] = frozenset()) -> Any:
     return obj.model_dump(mode="json", by_alias=True, exclude=exclude)
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from compiler import estimates
 from compiler.hardware import GIB, as_run_on, device_for, gpu_count_problem, nodes_for
-from compiler.job_common import JOB_ENTRIES, dump, inference_environment, resources, training_config, training_estimates
+from compiler.job_common import (JOB_ENTRIES, dump, inference_environment, resources, training_config, training_estimates,
+                                 warn_idle_engines)
 from compiler.plan import Job, PlanContext
 from compiler.resolve_training import resolve_scale
 from spec.cluster import SlurmCluster
@@ -32,6 +33,7 @@ def _check_lengths(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSp
     problem = gpu_count_problem(ctx.recipe.cluster, r.gpus)
     if problem:
         ctx.error((*at, "rollout", "gpus"), f"the sidecar: {problem}")
+    warn_idle_engines(ctx, (*at, "rollout", "gpus"), r.gpus, r.tensor_parallel, "the sidecar")
     if model.n_heads % r.tensor_parallel:
         ctx.error((*at, "rollout", "tensor_parallel"), f"tensor_parallel {r.tensor_parallel} must divide n_heads {model.n_heads}")
 

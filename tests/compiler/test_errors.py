@@ -614,3 +614,12 @@ def test_nccl_weight_sync_reaches_the_trainer_and_the_sidecar(tmp_path: Path) ->
     assert jobs["rl"]["config"]["rl"]["weight_sync"] == "nccl"
     assert jobs["rl"]["config"]["rl"]["sidecar_tensor_parallel"] == 2
     assert jobs["rl-rollout"]["config"]["rollout"]["weight_sync"] == "nccl"
+
+
+def test_sidecar_gpus_beyond_one_engine_are_a_located_warning(tmp_path: Path) -> None:
+    """The runtime starts one vLLM server of tensor_parallel GPUs: the plan says the rest stay idle."""
+    text = edit(ON_GPUS, "rollout: {gpus: 0,", "rollout: {gpus: 2,")
+    path, warnings = compile_warnings(tmp_path, text, about="rollout.gpus")
+    assert warnings == [f"{display(path)}:{position(text, 'rollout: {gpus: 2,', '2,')}: warning: stages[3].rollout.gpus: "
+                        "the sidecar starts one vLLM engine of 1 GPU(s): 1 of its 2 GPUs stay idle (data-parallel "
+                        "engines are not launched yet; the time estimate counts 2 engines)"]
