@@ -314,7 +314,22 @@ def build_rows(samples: Sequence[tuple[Rollout, float] | None], pad_id: int) -> 
 
 
 def select(rows: Rows, index: slice) -> Rows:
-    return Rows(rows.inputs[index], rows.targets[index], rows.mask[index], rows.sidecar[index], rows.adv[index])
+    """Rows `index`, cut after their last response token (`width`): the rest is right padding, which no kept
+    position attends to (causal attention), so the kept log-probs are unchanged and a micro-batch of short
+    responses costs what its own longest row costs, not the step's."""
+    mask = rows.mask[index]
+    used = mask.any(dim=0).nonzero()
+    width = int(used.max()) + 1 if len(used) else 1
+    return Rows(rows.inputs[index, :width], rows.targets[index, :width], mask[:, :width],
+                rows.sidecar[index, :width], rows.adv[index])
+
+
+def by_length(shard: Sequence[int | None], samples: Sequence[tuple[Rollout, float]]) -> list[int | None]:
+    """A mini-batch's sample indices, longest first (padding rows last), so that each micro-batch holds rows of
+    similar length. The order does not change the update: the loss is a sum over the mini-batch's tokens."""
+    def length(i: int | None) -> int:
+        return -1 if i is None else len(samples[i][0].prompt) + len(samples[i][0].sample.token_ids)
+    return sorted(shard, key=length, reverse=True)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -573,8 +588,9 @@ class GRPOTrainer(RecipeTrainer):
         micro = self.config.training.local_batch_size
         for start in range(0, len(rows.inputs), micro):
             part = slice(start, start + micro)
-            logits = forward_logits(model, rows.inputs[part].to(self.device))
-            out[part] = token_logprobs(logits, rows.targets[part].to(logits.device), temperature).cpu()
+            r = select(rows, part)
+            logits = forward_logits(model, r.inputs.to(self.device))
+            out[part, :r.inputs.shape[1]] = token_logprobs(logits, r.targets.to(logits.device), temperature).cpu()
         return out
 
     def learn(self, batch: RolloutBatch, stats: RLStats, version: int) -> None:
@@ -583,7 +599,7 @@ class GRPOTrainer(RecipeTrainer):
             return  # no signal this step (on every rank: they share the batch): no update, weights pushed unchanged
         model = self.model_parts[0]
         shards = shard_for_rank(len(samples), self.mini_batches, self.rank, self.world)
-        mine = [samples[i] if i is not None else None for shard in shards for i in shard]
+        mine = [samples[i] if i is not None else None for shard in shards for i in by_length(shard, samples)]
         rows = build_rows(mine, self.pad_id)
         corr_cfg = self.async_cfg.get("correction") or {"kind": "none"}
         kind, level = corr_cfg.get("kind", "none"), corr_cfg.get("level", "token")
@@ -608,12 +624,13 @@ class GRPOTrainer(RecipeTrainer):
             for start in range(mini.start, mini.stop, micro):
                 part = slice(start, min(mini.stop, start + micro))
                 r = select(rows, part)
+                cols = slice(0, r.inputs.shape[1])
                 logits = forward_logits(model, r.inputs.to(self.device))
                 logp = token_logprobs(logits, r.targets.to(logits.device), temperature)
                 mask = r.mask.to(logp.device)
                 sidecar = r.sidecar.to(logp.device)
                 if recompute:  # trainer vs sidecar on the behaviour (pre-step) weights: tis / mis as configured
-                    old_p = logp.detach() if old is None else old[part].to(logp.device)
+                    old_p = logp.detach() if old is None else old[part, cols].to(logp.device)
                     c = correction(old_p, sidecar, mask, kind=kind, level=level, cap=cap, low=low)
                     stats.add_correction(c.rho, c.truncated, c.masked, sidecar - old_p, mask)
                     stats.add_fresh_diff(old_p.cpu(), r.sidecar, r.mask & fresh[part, None])
@@ -627,7 +644,7 @@ class GRPOTrainer(RecipeTrainer):
                 loss_sum, parts = grpo_token_loss(
                     logp, old_p, r.adv.to(logp.device), mask, w, clip_low=float(self.grpo["clip_low"]),
                     clip_high=float(self.grpo["clip_high"]), kl_coef=float(self.grpo.get("kl_coef", 0.0)),
-                    ref_logp=None if ref is None else ref[part].to(logp.device))
+                    ref_logp=None if ref is None else ref[part, cols].to(logp.device))
                 loss = loss_sum / n_tokens
                 loss.backward()
                 stats.loss_sum += float(loss.detach())  # this rank's part: summed over ranks with the rest

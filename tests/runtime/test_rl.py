@@ -34,7 +34,7 @@ from runtime.model_factory import build_model
 from runtime.outputs import read_done, read_metrics
 from runtime.rl.loss import clipped_surrogate, correction, group_advantages, grpo_token_loss, kl_k3, token_logprobs
 from runtime.rl.rollouts import AsyncRollouts, LoopSettings, Rollout, has_reward_variance
-from runtime.rl.trainer import RLStats, build_rows, prompt_tokens_of, shard_for_rank
+from runtime.rl.trainer import RLStats, build_rows, by_length, prompt_tokens_of, select, shard_for_rank
 from runtime.rollout.client import Sample, VersionSpan
 from runtime.rollout.control import SidecarHandle
 from runtime.rollout.weights import FilesystemWeightSync
@@ -118,6 +118,33 @@ def test_rows_align_sidecar_logprobs_with_the_predicting_positions() -> None:
     logits = torch.randn(1, 5, 10)
     expected = torch.log_softmax(logits / 0.7, -1)[0, torch.arange(5), rows.targets[0]]
     assert torch.allclose(token_logprobs(logits, rows.targets, 0.7)[0], expected)
+
+
+def test_a_micro_batch_is_cut_after_its_last_response_token_and_keeps_its_logprobs() -> None:
+    """select() drops right padding only: a real model scores the kept tokens as it does at the step's width."""
+    spec = ModelSpec.model_validate(dict(family="llama3", vocab_size=64, d_model=64, n_layers=2, n_heads=2,
+                                         n_kv_heads=1, head_dim=32, ffn_hidden=96, max_seq_len=64))
+    torch.manual_seed(0)
+    model = build_model(spec)
+
+    def rollout(prompt: int, response: int) -> tuple[Rollout, float]:
+        ids = torch.randint(3, 64, (prompt + response,)).tolist()
+        sample = Sample(0, ids[prompt:], [-1.0] * response, [VersionSpan(0, 0, response)], "stop")
+        return Rollout({}, ids[:prompt], sample, "", 1.0, {}), 0.5
+
+    samples = [rollout(4, 3), rollout(6, 30), rollout(5, 2), rollout(3, 9)]
+    order = by_length([0, None, 1, 2, 3], samples)
+    assert order == [1, 3, 0, 2, None]  # longest first, padding rows last
+    rows = build_rows([samples[i] if i is not None else None for i in order], pad_id=2)
+    assert rows.inputs.shape[1] == 35
+    short = select(rows, slice(2, 5))  # 4 + 3 and 5 + 2 tokens, and a padding row
+    assert short.inputs.shape[1] == 6 and short.mask.sum() == rows.mask[2:5].sum()
+    assert not rows.mask[2:5, 6:].any() and (rows.inputs[2:5, 6:] == 2).all()
+    with torch.no_grad():
+        full = token_logprobs(model(rows.inputs[2:5]), rows.targets[2:5])[:, :6]
+        cut = token_logprobs(model(short.inputs), short.targets)
+    assert (full - cut)[short.mask].abs().max() < 1e-5
+    assert select(rows, slice(4, 5)).inputs.shape[1] == 1  # a padding row alone
 
 
 @pytest.mark.parametrize("n, mini_batches, world", [(16, 1, 2), (13, 2, 2), (7, 3, 4), (1, 1, 2), (10, 1, 1)])
