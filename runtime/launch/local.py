@@ -98,13 +98,30 @@ class _Running:
         print a KeyboardInterrupt traceback on submitit's own cancel (SIGINT)."""
         out = Path(self.env["RECIPE_OUTPUT_DIR"])
         for index, sub in self.active:
+            controller = getattr(sub, "_process", None)  # submitit's LocalJob keeps its Popen here
+            if controller is not None:  # stopped, it starts no task while we look for the one it started
+                with contextlib.suppress(OSError):
+                    os.kill(controller.pid, signal.SIGSTOP)
             pgid_file = out / f".pgid.{index}"
             with contextlib.suppress(OSError, ValueError):
                 os.killpg(int(pgid_file.read_text()), signal.SIGKILL)
-            controller = getattr(sub, "_process", None)  # submitit's LocalJob keeps its Popen here
+            # A task that has not yet written its .pgid file (Ctrl-C just after the start) is still the
+            # controller's child: without this it would run on, orphaned, holding the launcher's output pipes.
+            for child in children_of(controller.pid) if controller is not None else []:
+                with contextlib.suppress(OSError):
+                    os.killpg(child, signal.SIGKILL) if os.getpgid(child) == child else os.kill(child, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 controller.kill() if controller is not None else sub.cancel(check=False)
         self.active, self.todo = [], []
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux /proc; empty elsewhere or once `pid` is gone)."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            found += [int(c) for c in children.read_text().split()]
+    return found
 
 
 class LocalLauncher:

@@ -348,6 +348,36 @@ def test_ctrl_c_stops_a_local_launch_without_a_traceback(compiled: Path, tmp_pat
     assert jobs["midtrain"]["state"] == "cancelled"
 
 
+def test_a_task_stopped_before_it_wrote_its_process_group_is_still_killed(tmp_path: Path) -> None:
+    """Ctrl-C just after a start: the task has no .pgid file yet, so the launcher finds it as the child of submitit's
+    controller (CI once saw such a task sleep on, holding the launcher's output open)."""
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from runtime.launch.local import _Running, children_of
+
+    controller = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+         "print(child.pid, flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        task = int(controller.stdout.readline())
+        assert children_of(controller.pid) == [task]
+        running = _Running(SimpleNamespace(array=None), None, {"RECIPE_OUTPUT_DIR": str(tmp_path)}, tmp_path / "c.json")
+        running.active = [(0, SimpleNamespace(_process=controller))]
+        running.kill()
+        assert controller.wait(timeout=10) == -9
+        deadline = time.time() + 10
+        while Path(f"/proc/{task}").exists() and "Z" not in Path(f"/proc/{task}/stat").read_text().split()[2]:
+            assert time.time() < deadline, "the task outlived the kill"
+            time.sleep(0.05)
+        assert running.active == []
+    finally:
+        controller.kill()
+
+
 def test_slurm_states_map_to_ours_and_a_job_is_its_worst_task() -> None:
     from runtime.launch.slurm import our_state, worst
 
