@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +77,16 @@ def start_launch(plan: Path, runs: Path, *extra: str, stderr_apart: bool = False
 
     return subprocess.Popen([sys.executable, "-m", "compiler.cli", "launch", str(plan), "--runs", str(runs),
                              "--allow-dirty", *extra], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT)
+                            stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT,
+                            preexec_fn=_interruptible)
+
+
+def _interruptible() -> None:
+    """Ctrl-C reaches the launch even when pytest itself ignores SIGINT (a shell's background job does, and the
+    children inherit it): the Ctrl-C test sends SIGINT."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def status_rows(out: str) -> dict[str, list[str]]:
@@ -350,7 +358,7 @@ def test_ctrl_c_stops_a_local_launch_without_a_traceback(compiled: Path, tmp_pat
 
 def test_a_task_stopped_before_it_wrote_its_process_group_is_still_killed(tmp_path: Path) -> None:
     """Ctrl-C just after a start: the task has no .pgid file yet, so the launcher finds it as the child of submitit's
-    controller (CI once saw such a task sleep on, holding the launcher's output open)."""
+    controller (left alone, it would run on orphaned, holding the launcher's output pipes open)."""
     import subprocess
     import sys
     import time
