@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.rl import loss  # noqa: E402
 from runtime.rollout.nccl import NcclUnavailable, NcclWeightSync, on_gpu  # noqa: E402
+from runtime.rollout.server import free_port  # noqa: E402
 from runtime.rollout.weights import DTYPE_CODES, Manifest, WeightMismatch, write_weights  # noqa: E402
 
 GB = 1e9
@@ -170,9 +171,7 @@ def broadcast_rank(rank: int, gpus: int, port: int, a: argparse.Namespace, resul
 
 
 def nccl_broadcast(gpus: int, a: argparse.Namespace) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     context = mp.get_context("spawn")
     results = context.Queue()
     procs = [context.Process(target=broadcast_rank, args=(r, gpus, port, a, results)) for r in range(2)]

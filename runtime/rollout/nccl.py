@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Mapping
 
+from runtime.rollout.server import free_port
 from runtime.rollout.weights import Manifest, PushReport, check_weights, complete_untied
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class NcclWeightSync:
     def from_plan(cls, sidecar: SidecarHandle, rl: Mapping[str, Any]) -> NcclWeightSync:
         """The trainer's sync for the plan's `rl` block: this host as the rendezvous, a free port, one rank per
         sidecar GPU (`sidecar_tensor_parallel`) besides the trainer's."""
-        return cls(sidecar, master_address=socket.getfqdn(), master_port=free_port(),
+        return cls(sidecar, master_address=socket.getfqdn(), master_port=free_port(host=""),
                    world_size=1 + int(rl.get("sidecar_tensor_parallel", 1)))
 
     def push(self, weights: Mapping[str, torch.Tensor], version: int) -> PushReport:
@@ -126,7 +127,6 @@ class NcclWeightSync:
             self.engine = self._connect(sent)
         self.engine.source = dict_source(sent)
         self.engine.send_weights()
-        del sent
         self.sidecar.client.reset_prefix_cache()
         self.sidecar.client.set_weight_version(version)
         self.latest_weights, self.latest_version = weights, int(version)
@@ -143,7 +143,8 @@ class NcclWeightSync:
 
 def on_gpu(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors NCCL can send: on this process's current GPU (the trainer's weights arrive on CPU from
-    `hf_state_dict`; a copy lives only for the push), contiguous, a tied pair still one tensor."""
+    `hf_state_dict`; the engine's source holds the copy until the next push replaces it), contiguous, a tied pair
+    still one tensor."""
     import torch
 
     device = torch.device("cuda", torch.cuda.current_device())
@@ -156,13 +157,6 @@ def on_gpu(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[name] = copies[key]
     torch.cuda.synchronize(device)
     return out
-
-
-def free_port() -> int:
-    """A TCP port free on this host now (the rendezvous binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 def dict_source(weights: Mapping[str, torch.Tensor]) -> Any:
