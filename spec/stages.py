@@ -94,6 +94,17 @@ class Grpo(Spec):
     kl_coef: Annotated[float, Field(ge=0)] = Field(0.0, description="KL penalty to the reference model.")
     clip_low: PositiveFloat = Field(0.2, description="Lower clip: ratio >= 1 - clip_low.")
     clip_high: PositiveFloat = Field(0.28, description="Upper clip: ratio <= 1 + clip_high (clip-higher).")
+    advantage_std: bool = Field(
+        True,
+        description="Divide each group's centred rewards by the group's reward std (GRPO). False: centred rewards "
+        "only (Dr. GRPO), so groups that are nearly all right or all wrong weigh less than evenly split ones.",
+    )
+    negative_scale: Fraction = Field(
+        1.0,
+        description="Multiplies negative advantages: 1 is GRPO; 0 learns only from samples better than their "
+        "group's mean (as rejection-sampling fine-tuning does), which moves the policy only towards its own "
+        "verified answers; values between weigh the push away from wrong samples down.",
+    )
     active_sampling: bool = Field(
         False,
         description="Active sampling (Olmo 3; DAPO's dynamic sampling): a group whose rewards are all equal carries "

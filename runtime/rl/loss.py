@@ -1,7 +1,8 @@
 """The GRPO loss and its parts, as pure tensor functions (no model, no trainer): each is tested on hand-computed values.
 
 - `group_advantages(rewards)`: (reward - group mean) / (group std + eps) per group of one prompt's samples (population
-  std); a group whose rewards are all equal (spread at most `ZERO_SPREAD`, the rule active sampling filters by) has
+  std; left out with `std_norm=False`, Dr. GRPO), negative ones times `negative_scale` (0: only samples above their
+  group's mean teach, rejection-sampling fine-tuning); a group whose rewards are all equal (spread at most `ZERO_SPREAD`, the rule active sampling filters by) has
   advantage 0 on every sample and is flagged (it carries no signal).
 - `clipped_surrogate(logp, old, adv, clip_low, clip_high)`: PPO's per-token loss -min(r A, clip(r, 1 - clip_low,
   1 + clip_high) A) with r = exp(logp - old), and where the clipped branch was taken.
@@ -34,15 +35,21 @@ ADV_EPS = 1e-6
 LOG_RHO_MAX = 20.0  # exp(20) ~ 5e8: a sequence-level ratio beyond this is reported as this
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = ADV_EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """rewards (groups, group_size) -> (advantages of the same shape, bool (groups,) of zero-variance groups)."""
+def group_advantages(rewards: torch.Tensor, eps: float = ADV_EPS, *, std_norm: bool = True,
+                     negative_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """rewards (groups, group_size) -> (advantages of the same shape, bool (groups,) of zero-variance groups).
+    std_norm=False leaves the std out (Dr. GRPO); negative advantages are multiplied by negative_scale."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be (groups, group_size >= 2), got {tuple(rewards.shape)}")
+    if not 0.0 <= negative_scale <= 1.0:
+        raise ValueError(f"negative_scale must be within [0, 1], got {negative_scale}")
     rewards = rewards.double()
     mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, unbiased=False, keepdim=True)
     zero = rewards.amax(dim=1) - rewards.amin(dim=1) <= ZERO_SPREAD
-    adv = (rewards - mean) / (std + eps)
+    adv = rewards - mean
+    if std_norm:
+        adv = adv / (rewards.std(dim=1, unbiased=False, keepdim=True) + eps)
+    adv = torch.where(adv < 0, adv * negative_scale, adv)
     adv[zero] = 0.0
     return adv, zero
 

@@ -573,7 +573,9 @@ class GRPOTrainer(RecipeTrainer):
             if len(group) < 2:  # the rest of its group was dropped as stale: no baseline
                 adv, zero = torch.zeros(1, len(group)), torch.tensor([True])
             else:
-                adv, zero = group_advantages(torch.tensor([[r.reward for r in group]]))
+                adv, zero = group_advantages(torch.tensor([[r.reward for r in group]]),
+                                             std_norm=bool(self.grpo.get("advantage_std", True)),
+                                             negative_scale=float(self.grpo.get("negative_scale", 1.0)))
             if bool(zero[0]):
                 stats.zero_variance_groups += 1
                 if not keep_all:

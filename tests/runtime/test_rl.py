@@ -57,6 +57,22 @@ def test_group_advantages_are_normalised_per_group_and_zero_variance_groups_flag
     assert torch.allclose(adv[2], torch.tensor([2.25, -0.75, -0.75, -0.75], dtype=torch.float64) / (std + 1e-6))
 
 
+def test_dr_grpo_advantages_are_centred_rewards_and_negative_ones_scale() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    adv, zero = group_advantages(rewards, std_norm=False)
+    assert zero.tolist() == [False, True]
+    assert torch.allclose(adv[0], torch.tensor([0.75, -0.25, -0.25, -0.25], dtype=torch.float64))
+    assert adv[1].abs().sum() == 0
+    # std 0.433: +-1.732 / -0.577; negatives halved; with scale 0 only the right sample teaches
+    std = math.sqrt(0.1875)
+    half, _ = group_advantages(rewards, negative_scale=0.5)
+    assert torch.allclose(half[0], torch.tensor([0.75, -0.125, -0.125, -0.125], dtype=torch.float64) / (std + 1e-6))
+    positive, _ = group_advantages(rewards, std_norm=False, negative_scale=0.0)
+    assert positive[0].tolist() == [0.75, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="negative_scale"):
+        group_advantages(rewards, negative_scale=1.5)
+
+
 def test_the_loss_and_active_sampling_agree_on_which_groups_carry_no_signal() -> None:
     groups = [[0.5, 0.5, 0.5 + 5e-9, 0.5], [0.0, 0.0, 0.0, 2e-8], [0.1, 0.1, 0.1, 0.1], [1.0, 0.0, 0.0, 0.0]]
     _, zero = group_advantages(torch.tensor(groups, dtype=torch.float64))
