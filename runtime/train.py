@@ -27,21 +27,16 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from runtime.net import free_port
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 LM_KINDS = ("pretrain", "midtrain", "long_context")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes(job: Mapping[str, Any]) -> int:
@@ -75,7 +70,7 @@ def _run_with_torchrun(job: Mapping[str, Any], out: Path) -> None:
 
 def _single_process_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
 def init_hf_folder(job: Mapping[str, Any]) -> Path | None:

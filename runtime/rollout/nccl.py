@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Mapping
 
-from runtime.rollout.server import free_port
+from runtime.net import free_port
 from runtime.rollout.weights import Manifest, PushReport, check_weights, complete_untied
 
 if TYPE_CHECKING:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runtime.cpu_cores import ENV as CORES_ENV, format_cores, parse_cores
+from runtime.net import free_port
 
 PR_SET_PDEATHSIG = 1
 SERVED_NAME = "policy"
@@ -106,12 +107,6 @@ def server_env(settings: ServerSettings, base: Mapping[str, str] | None = None) 
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", format_cores(parse_cores(env[CORES_ENV])))
     env.update(settings.extra_env)
     return env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def bind_address() -> tuple[str, str]:
