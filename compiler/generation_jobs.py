@@ -12,7 +12,8 @@ from typing import Any
 
 from compiler import estimates
 from compiler.hardware import as_run_on, device_for, gpu_count_problem, nodes_for
-from compiler.job_common import JOB_ENTRIES, dump, inference_environment, resources, warn_idle_engines
+from compiler.job_common import (JOB_ENTRIES, data_parallel_engines, dump, inference_environment, resources,
+                                 with_engines)
 from compiler.plan import Job, PlanContext
 from spec.generation import Delta, Distill, Endpoint, GenerationSettings
 from spec.model import ModelSpec
@@ -58,25 +59,27 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
     problem = gpu_count_problem(cluster, gpus)
     if problem:
         ctx.error((*at, "gpus"), f"generation: {problem}")
-    warn_idle_engines(ctx, (*at, "gpus"), gpus, block.tensor_parallel, "generation")
     nodes = nodes_for(cluster, gpus)
     per_node = math.ceil(gpus / nodes) if gpus else 0
-    est = _generation_estimates(ctx, served, sequences, block.max_tokens, gpus, block.tensor_parallel,
+    engines = data_parallel_engines(ctx, (*at, "gpus"), gpus, nodes, block.tensor_parallel, "generation")
+    est = _generation_estimates(ctx, served, sequences, block.max_tokens, gpus, block.tensor_parallel, engines,
                                 block.max_num_seqs)
     settings = dump(block, exclude={"teacher", "chosen", "rejected", "gpus"})
     config: dict[str, Any] = {block_name: settings, "models": models, "output": OUTPUT_FILES[job_kind],
                               "serve": {"gpus": gpus, "max_model_len": max_model_len,
                                         "environment": inference_environment(cluster)}}
+    config["serve"] = with_engines(config["serve"], engines)
     return ctx.add(Job(
         id=f"{stage.name}-{job_kind.replace('_', '-')}", stage=stage.name, kind=job_kind, entry=JOB_ENTRIES[job_kind],
         config=config, depends_on=sorted(set(deps)),
-        resources=resources(ctx, nodes, per_node, 1, est["wall_hours"], None),
+        resources=resources(ctx, nodes, per_node, nodes, est["wall_hours"], None),  # one task per node
         estimates=est,
     ))
 
 
 def _generation_estimates(ctx: PlanContext, models: list[ModelSpec | None], sequences: int | None,
-                          max_tokens: int, gpus: int, tensor_parallel: int, max_num_seqs: int) -> dict[str, Any]:
+                          max_tokens: int, gpus: int, tensor_parallel: int, engines: int,
+                          max_num_seqs: int) -> dict[str, Any]:
     """Time and memory of generating `sequences` responses of up to `max_tokens` with each served model in turn.
 
     Known only when every served model is a stage of this recipe and the prompt count is given; external
@@ -87,7 +90,6 @@ def _generation_estimates(ctx: PlanContext, models: list[ModelSpec | None], sequ
     if sequences is None or not models or any(m is None for m in models):
         return unknown
     device = device_for(ctx.recipe.cluster, gpus, 1)
-    engines = max(1, gpus // tensor_parallel)
     seconds, memory = 0.0, 0
     for model in models:
         assert model is not None

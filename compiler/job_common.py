@@ -1,6 +1,7 @@
 """What every job builder needs: the job-kind registry, config dumps, and resources."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from compiler import estimates
@@ -34,13 +35,25 @@ def inference_environment(cluster: LocalCluster | SlurmCluster) -> str:
     return "inference-cuda" if isinstance(cluster, SlurmCluster) or cluster.gpus > 0 else "inference-cpu"
 
 
-def warn_idle_engines(ctx: PlanContext, at: tuple, gpus: int, tensor_parallel: int, what: str) -> None:
-    """The runtime starts one vLLM server of `tensor_parallel` GPUs per job; GPUs beyond it are not used yet
-    (data-parallel engines are not launched), while the time estimates count gpus // tensor_parallel engines."""
-    if gpus > tensor_parallel:
-        ctx.warn(at, f"{what} starts one vLLM engine of {tensor_parallel} GPU(s): {gpus - tensor_parallel} of its {gpus} "
-                     f"GPUs stay idle (data-parallel engines are not launched yet; the time estimate counts "
-                     f"{gpus // tensor_parallel} engines)")
+def data_parallel_engines(ctx: PlanContext, at: tuple, gpus: int, nodes: int, tensor_parallel: int, what: str) -> int:
+    """How many vLLM engines of `tensor_parallel` GPUs the job's server starts: as many as its first node holds
+    (`--data-parallel-size`; the API server spreads requests over them). Multi-node engines are not launched yet:
+    the GPUs of further nodes stay idle, with a warning, and the time estimates count only the engines started."""
+    if gpus == 0:
+        return 1
+    engines = max(1, math.ceil(gpus / max(1, nodes)) // tensor_parallel)
+    idle = gpus - engines * tensor_parallel
+    if idle > 0:
+        ctx.warn(at, f"{what} starts {engines} vLLM engine(s) of {tensor_parallel} GPU(s) on its first node: {idle} of "
+                     f"its {gpus} GPUs stay idle (data-parallel engines across nodes are not launched yet; the time "
+                     f"estimate counts the {engines} started)")
+    return engines
+
+
+def with_engines(serving: dict[str, Any], engines: int) -> dict[str, Any]:
+    """A serving job's settings with `data_parallel` when it starts more than one engine; absent means one, so
+    that plans which start one keep their hashes (and their cached runs)."""
+    return {**serving, "data_parallel": engines} if engines > 1 else serving
 
 
 def dump(obj: Any, *, exclude: set[str] = frozenset()) -> Any:

@@ -12,8 +12,8 @@ from typing import Any
 
 from compiler import estimates
 from compiler.hardware import GIB, as_run_on, device_for, gpu_count_problem, nodes_for
-from compiler.job_common import (JOB_ENTRIES, dump, inference_environment, resources, training_config, training_estimates,
-                                 warn_idle_engines)
+from compiler.job_common import (JOB_ENTRIES, data_parallel_engines, dump, inference_environment, resources,
+                                 training_config, training_estimates, with_engines)
 from compiler.plan import Job, PlanContext
 from compiler.resolve_training import resolve_scale
 from spec.cluster import SlurmCluster
@@ -33,7 +33,6 @@ def _check_lengths(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSp
     problem = gpu_count_problem(ctx.recipe.cluster, r.gpus)
     if problem:
         ctx.error((*at, "rollout", "gpus"), f"the sidecar: {problem}")
-    warn_idle_engines(ctx, (*at, "rollout", "gpus"), r.gpus, r.tensor_parallel, "the sidecar")
     if model.n_heads % r.tensor_parallel:
         ctx.error((*at, "rollout", "tensor_parallel"), f"tensor_parallel {r.tensor_parallel} must divide n_heads {model.n_heads}")
 
@@ -57,11 +56,11 @@ def _check_weight_sync(ctx: PlanContext, stage: RlvrStage, at: tuple, trainer_gp
                          f"({r.gpus} GPUs, tensor_parallel {r.tensor_parallel}): set gpus to tensor_parallel, or use filesystem")
 
 
-def _rollout_memory(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSpec, rollouts: int) -> estimates.RolloutMemory:
+def _rollout_memory(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelSpec, rollouts: int,
+                    engines: int) -> estimates.RolloutMemory:
     r = stage.rollout
     device = device_for(ctx.recipe.cluster, r.gpus, 1)
     model = as_run_on(model, device)
-    engines = max(1, r.gpus // r.tensor_parallel)
     per_engine = min(r.max_num_seqs, math.ceil(rollouts / engines))
     memory = estimates.rollout_memory_per_gpu(model, tensor_parallel=r.tensor_parallel, sequences=per_engine, context_len=r.max_model_len)
     budget = device.memory_bytes * (r.gpu_memory_utilization if device.kind == "gpu" else 1.0)
@@ -73,13 +72,13 @@ def _rollout_memory(ctx: PlanContext, stage: RlvrStage, at: tuple, model: ModelS
     return memory
 
 
-def _generation_seconds(ctx: PlanContext, stage: RlvrStage, model: ModelSpec, rollouts: int) -> float:
+def _generation_seconds(ctx: PlanContext, stage: RlvrStage, model: ModelSpec, rollouts: int, engines: int) -> float:
     r = stage.rollout
     device = device_for(ctx.recipe.cluster, r.gpus, 1)
     return estimates.rollout_decode_seconds(
         as_run_on(model, device),
         sequences=rollouts, prompt_tokens=r.max_prompt_tokens, response_tokens=stage.grpo.max_response_tokens,
-        tensor_parallel=r.tensor_parallel, engines=max(1, r.gpus // r.tensor_parallel),
+        tensor_parallel=r.tensor_parallel, engines=engines,
         memory_bandwidth_gbps=device.bandwidth_gbps, peak_tflops=device.peak_tflops, mfu=device.mfu,
     )
 
@@ -96,15 +95,16 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
         ctx.error((*at, "global_batch_sequences"), f"{scale.global_batch_sequences} must divide the {rollouts} rollouts per step (prompts_per_step × group_size)")
     mini_batches = max(1, rollouts // scale.global_batch_sequences)
     _check_weight_sync(ctx, stage, at, scale.gpus)
-    rollout_memory = _rollout_memory(ctx, stage, at, model, rollouts)
+    r = stage.rollout
+    sidecar_nodes = r.nodes if isinstance(ctx.recipe.cluster, SlurmCluster) else nodes_for(ctx.recipe.cluster, r.gpus)
+    engines = data_parallel_engines(ctx, (*at, "rollout", "gpus"), r.gpus, sidecar_nodes, r.tensor_parallel, "the sidecar")
+    rollout_memory = _rollout_memory(ctx, stage, at, model, rollouts, engines)
 
     train_s = scale.compute_hours * 3600 * mini_batches / scale.steps / scale.processes
-    gen_s = _generation_seconds(ctx, stage, model, rollouts)
+    gen_s = _generation_seconds(ctx, stage, model, rollouts, engines)
     overlapped = stage.async_.max_staleness > 0
     step_s = max(train_s, gen_s) if overlapped else train_s + gen_s
     wall_h = scale.steps * step_s / 3600
-    r = stage.rollout
-    sidecar_nodes = r.nodes if isinstance(ctx.recipe.cluster, SlurmCluster) else nodes_for(ctx.recipe.cluster, r.gpus)
 
     variants = [("", "verifiers")] + [(f"-{c.replace('_', '-')}", c) for c in stage.controls]
     for suffix, reward in variants:
@@ -128,11 +128,13 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
         ))
         ctx.add(Job(
             id=rollout_id, stage=stage.name, kind="rlvr_rollout", entry=JOB_ENTRIES["rlvr_rollout"],
-            config={"model": config["model"], "init": init, "rollout": dump(r), "trainer_job": trainer_id,
+            config={"model": config["model"], "init": init, "rollout": with_engines(dump(r), engines),
+                    "trainer_job": trainer_id,
                     "environment": inference_environment(ctx.recipe.cluster),
                     "sampling": {"temperature": stage.grpo.temperature, "max_tokens": stage.grpo.max_response_tokens,
                                  "logprobs_mode": "processed_logprobs"}},
-            resources=resources(ctx, sidecar_nodes, math.ceil(r.gpus / sidecar_nodes) if r.gpus else 0, max(1, r.gpus), wall_h,
+            # one task per node: vLLM starts its own worker per GPU
+            resources=resources(ctx, sidecar_nodes, math.ceil(r.gpus / sidecar_nodes) if r.gpus else 0, sidecar_nodes, wall_h,
                                 stage.resources.time_limit, sharers=2),
             estimates={"params": estimates.param_counts(model).total, "memory_per_gpu_bytes": rollout_memory.total,
                        "memory_breakdown_bytes": {"weights": rollout_memory.weights, "kv_cache": rollout_memory.kv_cache},

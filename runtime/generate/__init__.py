@@ -9,14 +9,18 @@ from typing import Any
 
 def run_distill(job: dict[str, Any]) -> None:
     from runtime.generate.distill import run_distill as run
+    from runtime.ranks import idle_serving_task
 
-    run(job)
+    if not idle_serving_task(job["id"]):
+        run(job)
 
 
 def run_delta_pairs(job: dict[str, Any]) -> None:
     from runtime.generate.delta import run_delta_pairs as run
+    from runtime.ranks import idle_serving_task
 
-    run(job)
+    if not idle_serving_task(job["id"]):
+        run(job)
 
 
 def run_decontaminate(job: dict[str, Any]) -> None:

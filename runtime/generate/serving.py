@@ -61,6 +61,7 @@ def generator(job: Mapping[str, Any], role: str, out: Path, *,
     python = environments.ensure(name, log=log)
     settings = ServerSettings(max_model_len=int(serve["max_model_len"]), max_num_seqs=int(block.get("max_num_seqs", 256)),
                               device=environments.get(name).device, tensor_parallel=int(block.get("tensor_parallel", 1)),
+                              data_parallel=int(serve.get("data_parallel", 1)),
                               seed=int(block.get("seed", 0)), enforce_eager=environments.get(name).device == "cpu")
     started = time.time()
     server, _ = start_healthy(python, model, out / f"vllm-{role}.log", settings, tokenizer=tokenizer)

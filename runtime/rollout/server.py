@@ -54,6 +54,7 @@ class ServerSettings:
     max_num_seqs: int
     device: str = "cpu"  # "cpu" | "cuda": which flags and environment variables apply
     tensor_parallel: int = 1
+    data_parallel: int = 1  # engines of tensor_parallel GPUs behind the one API server (--data-parallel-size)
     gpu_memory_utilization: float = 0.9
     dtype: str = "auto"
     logprobs_mode: str = "processed_logprobs"
@@ -69,6 +70,7 @@ class ServerSettings:
         rollout, sampling = config["rollout"], config.get("sampling", {})
         return cls(max_model_len=int(rollout["max_model_len"]), max_num_seqs=int(rollout["max_num_seqs"]),
                    device=device, tensor_parallel=int(rollout.get("tensor_parallel", 1)),
+                   data_parallel=int(rollout.get("data_parallel", 1)),
                    gpu_memory_utilization=float(rollout.get("gpu_memory_utilization", 0.9)),
                    dtype=str(config.get("model", {}).get("dtype", "auto")),
                    logprobs_mode=str(sampling.get("logprobs_mode", "processed_logprobs")),
@@ -87,6 +89,8 @@ def server_command(python: str | Path, model_dir: str | Path, host: str, port: i
         command += ["--tokenizer", str(tokenizer)]
     if settings.enforce_eager:
         command.append("--enforce-eager")
+    if settings.data_parallel > 1:
+        command += ["--data-parallel-size", str(settings.data_parallel)]
     if settings.weight_transfer:
         command += ["--weight-transfer-config", json.dumps({"backend": settings.weight_transfer})]
     if settings.device != "cpu":

