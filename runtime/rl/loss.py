@@ -2,8 +2,9 @@
 
 - `group_advantages(rewards)`: (reward - group mean) / (group std + eps) per group of one prompt's samples (population
   std; left out with `std_norm=False`, Dr. GRPO), negative ones times `negative_scale` (0: only samples above their
-  group's mean teach, rejection-sampling fine-tuning); a group whose rewards are all equal (spread at most `ZERO_SPREAD`, the rule active sampling filters by) has
-  advantage 0 on every sample and is flagged (it carries no signal).
+  group's mean teach, as in rejection-sampling fine-tuning); a group whose rewards are all equal (spread at most
+  `ZERO_SPREAD`, the rule active sampling filters by) has advantage 0 on every sample and is flagged (it carries no
+  signal).
 - `clipped_surrogate(logp, old, adv, clip_low, clip_high)`: PPO's per-token loss -min(r A, clip(r, 1 - clip_low,
   1 + clip_high) A) with r = exp(logp - old), and where the clipped branch was taken.
 - `correction(trainer, sidecar, mask, kind, level, cap, low)`: the trainer/sidecar importance ratio
