@@ -36,9 +36,9 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runtime.net import free_port  # noqa: E402
 from runtime.rl import loss  # noqa: E402
 from runtime.rollout.nccl import NcclUnavailable, NcclWeightSync, on_gpu  # noqa: E402
-from runtime.net import free_port  # noqa: E402
 from runtime.rollout.weights import DTYPE_CODES, Manifest, WeightMismatch, write_weights  # noqa: E402
 
 GB = 1e9

@@ -66,9 +66,8 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
                                 block.max_num_seqs)
     settings = dump(block, exclude={"teacher", "chosen", "rejected", "gpus"})
     config: dict[str, Any] = {block_name: settings, "models": models, "output": OUTPUT_FILES[job_kind],
-                              "serve": {"gpus": gpus, "max_model_len": max_model_len,
-                                        "environment": inference_environment(cluster)}}
-    config["serve"] = with_engines(config["serve"], engines)
+                              "serve": with_engines({"gpus": gpus, "max_model_len": max_model_len,
+                                                     "environment": inference_environment(cluster)}, engines)}
     return ctx.add(Job(
         id=f"{stage.name}-{job_kind.replace('_', '-')}", stage=stage.name, kind=job_kind, entry=JOB_ENTRIES[job_kind],
         config=config, depends_on=sorted(set(deps)),

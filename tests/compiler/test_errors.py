@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DIAGNOSTIC, MINIMAL, CliResult, col_of, edit, line_of, run_main
+from conftest import DIAGNOSTIC, MINIMAL, RECIPES, CliResult, col_of, edit, line_of, run_main
 
 SFT = """\
   - name: sft
@@ -84,6 +84,11 @@ def compile_warnings(tmp_path: Path, text: str, *, about: str) -> tuple[Path, li
     result = run_main(["compile", path, "-o", tmp_path / "out"])
     assert result.code == 0, result.err
     return path, [line for line in result.out.splitlines() if "warning:" in line and about in line]
+
+
+def compiled_jobs(out: Path) -> dict[str, dict]:
+    """The jobs of the one plan compiled into `out`, by id."""
+    return {job["id"]: job for job in json.loads(next(out.glob("*/plan.json")).read_text())["jobs"]}
 
 
 def position(text: str, needle: str, value: str | None = None, *, occurrence: int = 1) -> str:
@@ -610,7 +615,7 @@ def test_nccl_weight_sync_reaches_the_trainer_and_the_sidecar(tmp_path: Path) ->
     path = tmp_path / "r.yaml"
     path.write_text(text)
     assert run_main(["compile", path, "-o", tmp_path / "out"]).code == 0
-    jobs = {job["id"]: job for job in json.loads(next((tmp_path / "out").glob("*/plan.json")).read_text())["jobs"]}
+    jobs = compiled_jobs(tmp_path / "out")
     assert jobs["rl"]["config"]["rl"]["weight_sync"] == "nccl"
     assert jobs["rl"]["config"]["rl"]["sidecar_tensor_parallel"] == 2
     assert jobs["rl-rollout"]["config"]["rollout"]["weight_sync"] == "nccl"
@@ -621,15 +626,14 @@ def test_sidecar_gpus_on_one_node_are_data_parallel_engines(tmp_path: Path) -> N
     text = edit(ON_GPUS, "rollout: {gpus: 0,", "rollout: {gpus: 2,")
     _, warnings = compile_warnings(tmp_path, text, about="rollout.gpus")
     assert warnings == []
-    jobs = {job["id"]: job for job in json.loads(next((tmp_path / "out").glob("*/plan.json")).read_text())["jobs"]}
+    jobs = compiled_jobs(tmp_path / "out")
     assert jobs["rl-rollout"]["config"]["rollout"]["data_parallel"] == 2
     assert jobs["rl-rollout"]["resources"]["processes"] == 1
 
 
 def test_engines_on_further_nodes_are_a_located_warning(tmp_path: Path) -> None:
     """The 7B recipe's sidecar has 7 nodes of 8 GPUs: vLLM's engines run on the first node only (for now)."""
-    recipe = Path(__file__).resolve().parents[2] / "recipes" / "olmo3-7b-think.yaml"
-    result = run_main(["compile", recipe, "-o", tmp_path / "out"])
+    result = run_main(["compile", RECIPES / "olmo3-7b-think.yaml", "-o", tmp_path / "out"])
     assert result.code == 0, result.err
     idle = [line.split("warning: ")[1] for line in result.out.splitlines() if "stay idle" in line]
     assert idle == [
@@ -639,7 +643,7 @@ def test_engines_on_further_nodes_are_a_located_warning(tmp_path: Path) -> None:
         "stay idle (data-parallel engines across nodes are not launched yet; the time estimate counts the 2 started)",
         "stages[5].rollout.gpus: the sidecar starts 8 vLLM engine(s) of 1 GPU(s) on its first node: 48 of its 56 GPUs "
         "stay idle (data-parallel engines across nodes are not launched yet; the time estimate counts the 8 started)"]
-    jobs = {job["id"]: job for job in json.loads(next((tmp_path / "out").glob("*/plan.json")).read_text())["jobs"]}
+    jobs = compiled_jobs(tmp_path / "out")
     assert jobs["rlvr-rollout"]["config"]["rollout"]["data_parallel"] == 8
     assert jobs["rlvr-rollout"]["resources"]["processes"] == jobs["rlvr-rollout"]["resources"]["nodes"] == 7
     assert jobs["sft-distill"]["config"]["serve"]["data_parallel"] == 2
