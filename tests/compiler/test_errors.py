@@ -621,6 +621,12 @@ def test_nccl_weight_sync_reaches_the_trainer_and_the_sidecar(tmp_path: Path) ->
     assert jobs["rl-rollout"]["config"]["rollout"]["weight_sync"] == "nccl"
 
 
+def test_a_negative_scale_outside_zero_to_one_is_a_located_error(tmp_path: Path) -> None:
+    text = edit(FULL, "max_response_tokens: 64}", "max_response_tokens: 64, negative_scale: 1.5}")
+    message = expect_one(tmp_path, text, "negative_scale: 1.5", "stages[3].grpo.negative_scale", value="1.5")
+    assert message == "must be <= 1.0 (got 1.5)"
+
+
 def test_sidecar_gpus_on_one_node_are_data_parallel_engines(tmp_path: Path) -> None:
     """Two sidecar GPUs at tensor_parallel 1 on one node: one vLLM server (one task) with two engines, none idle."""
     text = edit(ON_GPUS, "rollout: {gpus: 0,", "rollout: {gpus: 2,")
