@@ -101,6 +101,7 @@ class RolloutBatch:
     filtered_groups: int = 0  # active sampling: groups left out for having no reward variance
     drawn_reward_sum: float = 0.0  # over every sample drawn, the left-out groups' too
     drawn_samples: int = 0
+    drawn_verifier_sums: dict[str, float] = field(default_factory=dict)  # each verifier's value over those samples
     dropped: int = 0  # samples dropped as too stale at take()
     staleness: Counter[int] = field(default_factory=Counter)  # trainer version - oldest version -> samples
 
@@ -217,6 +218,7 @@ class AsyncRollouts:
         groups: list[list[Rollout]] = []
         attempts = drawn = filtered = rounds = samples = 0
         target, reward_sum = 0, 0.0
+        verifier_sums: Counter[str] = Counter()
         for rounds in range(1, s.draws_per_batch + 1):
             draw = index * s.draws_per_batch + rounds - 1
             drawn_groups, tries = self._generate_draw(draw)
@@ -224,6 +226,8 @@ class AsyncRollouts:
             drawn += len(drawn_groups)
             samples += sum(len(g) for g in drawn_groups)
             reward_sum += sum(r.reward for g in drawn_groups for r in g)
+            for r in (r for g in drawn_groups for r in g):
+                verifier_sums.update(r.rewards)
             target = target or len(drawn_groups)
             if not s.active_sampling:
                 groups = drawn_groups
@@ -235,7 +239,7 @@ class AsyncRollouts:
                 break
         return RolloutBatch(index, groups, version, time.perf_counter() - start, attempts=attempts, rounds=rounds,
                             prompts_drawn=drawn, filtered_groups=filtered, drawn_reward_sum=reward_sum,
-                            drawn_samples=samples)
+                            drawn_samples=samples, drawn_verifier_sums=dict(verifier_sums))
 
     def _generate_draw(self, draw: int) -> tuple[list[list[Rollout]], int]:
         """One draw of prompts, `group_size` samples each, scored: (one group per prompt, generate attempts)."""

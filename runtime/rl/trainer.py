@@ -182,6 +182,7 @@ class RLStats:
     sampling_rounds: int = 0
     drawn_reward_sum: float = 0.0
     drawn_samples: int = 0
+    drawn_verifier_sums: Counter[str] = field(default_factory=Counter)
     dropped: int = 0
     staleness: Counter[int] = field(default_factory=Counter)
     tokens: int = 0
@@ -216,6 +217,7 @@ class RLStats:
         self.sampling_rounds += batch.rounds
         self.drawn_reward_sum += batch.drawn_reward_sum
         self.drawn_samples += batch.drawn_samples
+        self.drawn_verifier_sums.update(batch.drawn_verifier_sums)
 
     def add_fresh_diff(self, trainer: torch.Tensor, sidecar: torch.Tensor, mask: torch.Tensor) -> None:
         """|trainer - sidecar| on tokens whose sampling weights are the trainer's (identical weights)."""
@@ -266,6 +268,8 @@ class RLStats:
             "prompts_drawn": self.prompts_drawn, "filtered_groups": self.filtered_groups,
             "sampling_rounds": self.sampling_rounds,
             "reward_drawn_mean": self.drawn_reward_sum / self.drawn_samples if self.drawn_samples else mean,
+            **{f"reward_drawn/{k}": v / self.drawn_samples for k, v in sorted(self.drawn_verifier_sums.items())
+               if self.drawn_samples},
             "trained_tokens": self.tokens,
             "rho_mean": self.rho_sum / t if self.rho_tokens else 1.0, "rho_max": self.rho_max if self.rho_tokens else 1.0,
             "is_truncated_frac": self.n_truncated / t, "is_masked_frac": self.n_masked / t,

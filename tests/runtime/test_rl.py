@@ -345,6 +345,7 @@ def test_active_sampling_draws_until_every_group_has_reward_variance(world: dict
                 assert batch.drawn_samples == 8 * made and batch.drawn_reward_sum == len(
                     [i for d in range(made) for i in range(4)
                      if (((batch.index * rounds + d) * 4 + i) % len(prompts)) in informative])
+                assert batch.drawn_verifier_sums == {"first": batch.drawn_reward_sum}
                 assert (len(batch.groups) == 4) if full else (1 <= len(batch.groups) < 4)
                 loop.push(weights, base + step)
         finally:
