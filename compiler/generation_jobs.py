@@ -12,8 +12,7 @@ from typing import Any
 
 from compiler import estimates
 from compiler.hardware import as_run_on, device_for, gpu_count_problem, nodes_for
-from compiler.job_common import (JOB_ENTRIES, data_parallel_engines, dump, inference_environment, resources,
-                                 with_engines)
+from compiler.job_common import JOB_ENTRIES, data_parallel_engines, dump, inference_environment, resources
 from compiler.plan import Job, PlanContext
 from spec.generation import Delta, Distill, Endpoint, GenerationSettings
 from spec.model import ModelSpec
@@ -62,12 +61,12 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
     nodes = nodes_for(cluster, gpus)
     per_node = math.ceil(gpus / nodes) if gpus else 0
     engines = data_parallel_engines(ctx, (*at, "gpus"), gpus, nodes, block.tensor_parallel, "generation")
-    est = _generation_estimates(ctx, served, sequences, block.max_tokens, gpus, block.tensor_parallel, engines,
+    est = _generation_estimates(ctx, served, sequences, block.max_tokens, gpus, block.tensor_parallel, engines.total,
                                 block.max_num_seqs)
     settings = dump(block, exclude={"teacher", "chosen", "rejected", "gpus"})
     config: dict[str, Any] = {block_name: settings, "models": models, "output": OUTPUT_FILES[job_kind],
-                              "serve": with_engines({"gpus": gpus, "max_model_len": max_model_len,
-                                                     "environment": inference_environment(cluster)}, engines)}
+                              "serve": engines.settings({"gpus": gpus, "max_model_len": max_model_len,
+                                                        "environment": inference_environment(cluster)})}
     return ctx.add(Job(
         id=f"{stage.name}-{job_kind.replace('_', '-')}", stage=stage.name, kind=job_kind, entry=JOB_ENTRIES[job_kind],
         config=config, depends_on=sorted(set(deps)),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from compiler import estimates
@@ -35,25 +36,37 @@ def inference_environment(cluster: LocalCluster | SlurmCluster) -> str:
     return "inference-cuda" if isinstance(cluster, SlurmCluster) or cluster.gpus > 0 else "inference-cpu"
 
 
-def data_parallel_engines(ctx: PlanContext, at: tuple, gpus: int, nodes: int, tensor_parallel: int, what: str) -> int:
-    """How many vLLM engines of `tensor_parallel` GPUs the job's server starts: as many as its first node holds
-    (`--data-parallel-size`; the API server spreads requests over them). Multi-node engines are not launched yet:
-    the GPUs of further nodes stay idle, with a warning, and the time estimates count only the engines started."""
+@dataclass(frozen=True)
+class Engines:
+    """The vLLM engines of a serving job: `total` of `tensor_parallel` GPUs each, `per_node` on each of its nodes."""
+
+    total: int
+    per_node: int
+
+    def settings(self, serving: dict[str, Any]) -> dict[str, Any]:
+        """A serving job's settings with `data_parallel` when it starts more than one engine, and
+        `data_parallel_local` when they span nodes; absent means one, so that plans which start one keep their
+        hashes (and their cached runs)."""
+        if self.total <= 1:
+            return serving
+        spread = {"data_parallel_local": self.per_node} if self.per_node < self.total else {}
+        return {**serving, "data_parallel": self.total, **spread}
+
+
+def data_parallel_engines(ctx: PlanContext, at: tuple, gpus: int, nodes: int, tensor_parallel: int, what: str) -> Engines:
+    """The vLLM engines of `tensor_parallel` GPUs a serving job starts: as many as each node holds, on every node
+    (`--data-parallel-size`; the first node's API server spreads requests over them all, runtime/rollout/engines.py).
+    GPUs left over on a node (its count not a multiple of `tensor_parallel`) stay idle, with a warning."""
     if gpus == 0:
-        return 1
-    engines = max(1, math.ceil(gpus / max(1, nodes)) // tensor_parallel)
-    idle = gpus - engines * tensor_parallel
+        return Engines(1, 1)
+    nodes = max(1, nodes)
+    node_gpus = math.ceil(gpus / nodes)  # what each node is given (compiler.job_common.resources)
+    per_node = max(1, node_gpus // tensor_parallel)
+    idle = node_gpus - per_node * tensor_parallel
     if idle > 0:
-        ctx.warn(at, f"{what} starts {engines} vLLM engine(s) of {tensor_parallel} GPU(s) on its first node: {idle} of "
-                     f"its {gpus} GPUs stay idle (data-parallel engines across nodes are not launched yet; the time "
-                     f"estimate counts the {engines} started)")
-    return engines
-
-
-def with_engines(serving: dict[str, Any], engines: int) -> dict[str, Any]:
-    """A serving job's settings with `data_parallel` when it starts more than one engine; absent means one, so
-    that plans which start one keep their hashes (and their cached runs)."""
-    return {**serving, "data_parallel": engines} if engines > 1 else serving
+        ctx.warn(at, f"{what} starts {per_node} vLLM engine(s) of {tensor_parallel} GPU(s) on each of its {nodes} "
+                     f"node(s): {idle} of each node's {node_gpus} GPUs stay idle")
+    return Engines(per_node * nodes, per_node)
 
 
 def dump(obj: Any, *, exclude: set[str] = frozenset()) -> Any:

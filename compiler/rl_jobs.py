@@ -13,7 +13,7 @@ from typing import Any
 from compiler import estimates
 from compiler.hardware import GIB, as_run_on, device_for, gpu_count_problem, nodes_for
 from compiler.job_common import (JOB_ENTRIES, data_parallel_engines, dump, inference_environment, resources,
-                                 training_config, training_estimates, with_engines)
+                                 training_config, training_estimates)
 from compiler.plan import Job, PlanContext
 from compiler.resolve_training import resolve_scale
 from spec.cluster import SlurmCluster
@@ -98,10 +98,10 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
     r = stage.rollout
     sidecar_nodes = r.nodes if isinstance(ctx.recipe.cluster, SlurmCluster) else nodes_for(ctx.recipe.cluster, r.gpus)
     engines = data_parallel_engines(ctx, (*at, "rollout", "gpus"), r.gpus, sidecar_nodes, r.tensor_parallel, "the sidecar")
-    rollout_memory = _rollout_memory(ctx, stage, at, model, rollouts, engines)
+    rollout_memory = _rollout_memory(ctx, stage, at, model, rollouts, engines.total)
 
     train_s = scale.compute_hours * 3600 * mini_batches / scale.steps / scale.processes
-    gen_s = _generation_seconds(ctx, stage, model, rollouts, engines)
+    gen_s = _generation_seconds(ctx, stage, model, rollouts, engines.total)
     overlapped = stage.async_.max_staleness > 0
     step_s = max(train_s, gen_s) if overlapped else train_s + gen_s
     wall_h = scale.steps * step_s / 3600
@@ -128,7 +128,7 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
         ))
         ctx.add(Job(
             id=rollout_id, stage=stage.name, kind="rlvr_rollout", entry=JOB_ENTRIES["rlvr_rollout"],
-            config={"model": config["model"], "init": init, "rollout": with_engines(dump(r), engines),
+            config={"model": config["model"], "init": init, "rollout": engines.settings(dump(r)),
                     "trainer_job": trainer_id,
                     "environment": inference_environment(ctx.recipe.cluster),
                     "sampling": {"temperature": stage.grpo.temperature, "max_tokens": stage.grpo.max_response_tokens,

@@ -9,18 +9,16 @@ from typing import Any
 
 def run_distill(job: dict[str, Any]) -> None:
     from runtime.generate.distill import run_distill as run
-    from runtime.ranks import idle_serving_task
+    from runtime.generate.serving import run_serving_job
 
-    if not idle_serving_task(job["id"]):
-        run(job)
+    run_serving_job(job, run)
 
 
 def run_delta_pairs(job: dict[str, Any]) -> None:
     from runtime.generate.delta import run_delta_pairs as run
-    from runtime.ranks import idle_serving_task
+    from runtime.generate.serving import run_serving_job
 
-    if not idle_serving_task(job["id"]):
-        run(job)
+    run_serving_job(job, run)
 
 
 def run_decontaminate(job: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ rejected}.jsonl` (the resume stores), `DONE.json`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.generate.contamination import apply_policy
 from runtime.generate.distill import NoData, answer_is_correct
@@ -23,10 +23,13 @@ from runtime.generate.serving import generator
 from runtime.generate.store import ResultStore
 from runtime.outputs import atomic_write_json, output_dir, write_done
 
+if TYPE_CHECKING:
+    from runtime.rollout.engines import EngineHead
+
 ROLES = ("chosen", "rejected")
 
 
-def run_delta_pairs(job: dict[str, Any]) -> None:
+def run_delta_pairs(job: dict[str, Any], engines: EngineHead | None = None) -> None:
     config, label = job["config"], job["id"]
     block = config["delta"]
     out = output_dir(job)
@@ -38,7 +41,7 @@ def run_delta_pairs(job: dict[str, Any]) -> None:
     for role in ROLES:  # one model at a time: each gets the job's GPUs
         with ResultStore(out / "generations" / f"{role}.jsonl") as store:
             if len(store.results) < len(prompts):
-                with generator(job, role, out) as (client, served[role]):
+                with generator(job, role, out, engines=engines) as (client, served[role]):
                     timing[role] = generate_all(
                         client, prompts, store, Sampling.of(block), label=f"{label} {role}",
                         concurrency=concurrency_for(block, 1, served[role]["kind"] != "endpoint"))

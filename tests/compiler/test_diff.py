@@ -102,7 +102,7 @@ def test_mha_costs_rl_memory_and_gpu_hours(at_root: Path, capsys: pytest.Capture
     at = lines.index(next(line for line in lines if line.startswith("  ~ rlvr-rollout")))
     block = "\n".join(lines[at : at + 4])
     assert "config.model.n_kv_heads: 8 → 32" in block
-    assert "memory/GPU 104.1 → 381.6" in block and "GPU-h 11,841 → " in block, block
+    assert "memory/GPU 26.5 → 71.1" in block and "GPU-h 3,517 → " in block, block
     assert lines[-2].startswith("Plan: 0 to add, ") and "GPU-hours 1" in lines[-2] and "peak GPUs" in lines[-2]
 
 

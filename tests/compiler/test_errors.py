@@ -637,21 +637,29 @@ def test_sidecar_gpus_on_one_node_are_data_parallel_engines(tmp_path: Path) -> N
     assert jobs["rl-rollout"]["resources"]["processes"] == 1
 
 
-def test_engines_on_further_nodes_are_a_located_warning(tmp_path: Path) -> None:
-    """The 7B recipe's sidecar has 7 nodes of 8 GPUs: vLLM's engines run on the first node only (for now)."""
+def test_engines_run_on_every_node_of_a_serving_job(tmp_path: Path) -> None:
+    """The 7B recipe's serving jobs span nodes: every node runs its share of the engines (one task per node), the
+    first one's API server in front of them all, and no GPU is left idle."""
     result = run_main(["compile", RECIPES / "olmo3-7b-think.yaml", "-o", tmp_path / "out"])
     assert result.code == 0, result.err
-    idle = [line.split("warning: ")[1] for line in result.out.splitlines() if "stay idle" in line]
-    assert idle == [
-        "stages[3].distill.gpus: generation starts 2 vLLM engine(s) of 4 GPU(s) on its first node: 56 of its 64 GPUs "
-        "stay idle (data-parallel engines across nodes are not launched yet; the time estimate counts the 2 started)",
-        "stages[4].delta.gpus: generation starts 2 vLLM engine(s) of 4 GPU(s) on its first node: 24 of its 32 GPUs "
-        "stay idle (data-parallel engines across nodes are not launched yet; the time estimate counts the 2 started)",
-        "stages[5].rollout.gpus: the sidecar starts 8 vLLM engine(s) of 1 GPU(s) on its first node: 48 of its 56 GPUs "
-        "stay idle (data-parallel engines across nodes are not launched yet; the time estimate counts the 8 started)"]
+    assert "stay idle" not in result.out
     jobs = compiled_jobs(tmp_path / "out")
-    assert jobs["rlvr-rollout"]["config"]["rollout"]["data_parallel"] == 8
-    assert jobs["rlvr-rollout"]["resources"]["processes"] == jobs["rlvr-rollout"]["resources"]["nodes"] == 7
-    assert jobs["sft-distill"]["config"]["serve"]["data_parallel"] == 2
+    engines = {job: (jobs[job]["config"][block]["data_parallel"], jobs[job]["config"][block]["data_parallel_local"],
+                     jobs[job]["resources"]["nodes"], jobs[job]["resources"]["processes"])
+               for job, block in (("sft-distill", "serve"), ("dpo-delta-pairs", "serve"), ("rlvr-rollout", "rollout"))}
+    assert engines == {"sft-distill": (16, 2, 8, 8), "dpo-delta-pairs": (8, 2, 4, 4), "rlvr-rollout": (56, 8, 7, 7)}
+
+
+def test_gpus_no_engine_can_use_are_a_located_warning(tmp_path: Path) -> None:
+    """12 sidecar GPUs on 2 nodes at tensor_parallel 4: one engine per node, two GPUs of each idle."""
+    sets = ["stages.rlvr.rollout.nodes=2", "stages.rlvr.rollout.gpus=12", "stages.rlvr.rollout.tensor_parallel=4"]
+    result = run_main(["compile", RECIPES / "olmo3-7b-think.yaml", "-o", tmp_path / "out",
+                       *[arg for s in sets for arg in ("--set", s)]])
+    assert result.code == 0, result.err
+    assert [line for line in result.out.splitlines() if "stay idle" in line] == [
+        "<--set stages.rlvr.rollout.gpus=12>:1:26: warning: stages[5].rollout.gpus: the sidecar starts 1 vLLM "
+        "engine(s) of 4 GPU(s) on each of its 2 node(s): 2 of each node's 6 GPUs stay idle"]
+    rollout = compiled_jobs(tmp_path / "out")["rlvr-rollout"]["config"]["rollout"]
+    assert (rollout["data_parallel"], rollout["data_parallel_local"]) == (2, 1)
 
 

