@@ -59,7 +59,6 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
     if problem:
         ctx.error((*at, "gpus"), f"generation: {problem}")
     nodes = nodes_for(cluster, gpus)
-    per_node = math.ceil(gpus / nodes) if gpus else 0
     engines = data_parallel_engines(ctx, (*at, "gpus"), gpus, nodes, block.tensor_parallel, "generation")
     est = _generation_estimates(ctx, served, sequences, block.max_tokens, gpus, block.tensor_parallel, engines.total,
                                 block.max_num_seqs)
@@ -70,7 +69,7 @@ def _generation_job(ctx: PlanContext, stage: StageBase, index: int, job_kind: st
     return ctx.add(Job(
         id=f"{stage.name}-{job_kind.replace('_', '-')}", stage=stage.name, kind=job_kind, entry=JOB_ENTRIES[job_kind],
         config=config, depends_on=sorted(set(deps)),
-        resources=resources(ctx, nodes, per_node, nodes, est["wall_hours"], None),  # one task per node
+        resources=resources(ctx, nodes, engines.node_gpus, nodes, est["wall_hours"], None),  # one task per node
         estimates=est,
     ))
 

@@ -38,10 +38,12 @@ def inference_environment(cluster: LocalCluster | SlurmCluster) -> str:
 
 @dataclass(frozen=True)
 class Engines:
-    """The vLLM engines of a serving job: `total` of `tensor_parallel` GPUs each, `per_node` on each of its nodes."""
+    """The vLLM engines of a serving job: `total` of `tensor_parallel` GPUs each, `per_node` on each of its nodes,
+    which are given `node_gpus` GPUs each."""
 
     total: int
     per_node: int
+    node_gpus: int
 
     def settings(self, serving: dict[str, Any]) -> dict[str, Any]:
         """A serving job's settings with `data_parallel` when it starts more than one engine, and
@@ -58,15 +60,15 @@ def data_parallel_engines(ctx: PlanContext, at: tuple, gpus: int, nodes: int, te
     (`--data-parallel-size`; the first node's API server spreads requests over them all, runtime/rollout/engines.py).
     GPUs left over on a node (its count not a multiple of `tensor_parallel`) stay idle, with a warning."""
     if gpus == 0:
-        return Engines(1, 1)
+        return Engines(1, 1, 0)
     nodes = max(1, nodes)
-    node_gpus = math.ceil(gpus / nodes)  # what each node is given (compiler.job_common.resources)
+    node_gpus = math.ceil(gpus / nodes)
     per_node = max(1, node_gpus // tensor_parallel)
     idle = node_gpus - per_node * tensor_parallel
     if idle > 0:
         ctx.warn(at, f"{what} starts {per_node} vLLM engine(s) of {tensor_parallel} GPU(s) on each of its {nodes} "
                      f"node(s): {idle} of each node's {node_gpus} GPUs stay idle")
-    return Engines(per_node * nodes, per_node)
+    return Engines(per_node * nodes, per_node, node_gpus)
 
 
 def dump(obj: Any, *, exclude: set[str] = frozenset()) -> Any:

@@ -134,7 +134,7 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
                     "sampling": {"temperature": stage.grpo.temperature, "max_tokens": stage.grpo.max_response_tokens,
                                  "logprobs_mode": "processed_logprobs"}},
             # one task per node: vLLM starts its own worker per GPU
-            resources=resources(ctx, sidecar_nodes, math.ceil(r.gpus / sidecar_nodes) if r.gpus else 0, sidecar_nodes, wall_h,
+            resources=resources(ctx, sidecar_nodes, engines.node_gpus, sidecar_nodes, wall_h,
                                 stage.resources.time_limit, sharers=2),
             estimates={"params": estimates.param_counts(model).total, "memory_per_gpu_bytes": rollout_memory.total,
                        "memory_breakdown_bytes": {"weights": rollout_memory.weights, "kv_cache": rollout_memory.kv_cache},

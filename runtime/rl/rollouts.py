@@ -224,9 +224,10 @@ class AsyncRollouts:
             drawn_groups, tries = self._generate_draw(draw)
             attempts += tries
             drawn += len(drawn_groups)
-            samples += sum(len(g) for g in drawn_groups)
-            reward_sum += sum(r.reward for g in drawn_groups for r in g)
-            for r in (r for g in drawn_groups for r in g):
+            drawn_rollouts = [r for g in drawn_groups for r in g]
+            samples += len(drawn_rollouts)
+            reward_sum += sum(r.reward for r in drawn_rollouts)
+            for r in drawn_rollouts:
                 verifier_sums.update(r.rewards)
             target = target or len(drawn_groups)
             if not s.active_sampling:

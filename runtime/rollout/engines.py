@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from runtime.outputs import atomic_write_json
 from runtime.rollout.server import ServerSettings, VllmServer, bind_address, headless_command, how_it_ended
 
 ENGINES = "engines.json"
@@ -42,12 +43,6 @@ class EnginesFailed(RuntimeError):
     """A worker's engines cannot go on; the message is the one line the launcher reports."""
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from runtime.outputs import atomic_write_json
-
-    atomic_write_json(path, payload)
-
-
 class EngineHead:
     """Task 0's side: publish where the engines meet before each server start, beat while alive, say when done."""
 
@@ -56,8 +51,9 @@ class EngineHead:
         self.generation = 0
         self._done = threading.Event()
         self._beater: threading.Thread | None = None
-        for name in (ENGINES, BEAT, STOP):  # an earlier run's files are not for this one
-            (self.out / name).unlink(missing_ok=True)
+        if settings.spans_nodes:
+            for name in (ENGINES, BEAT, STOP):  # an earlier run's files are not for this one
+                (self.out / name).unlink(missing_ok=True)
 
     def settings_for(self, model: str | Path, tokenizer: str | Path | None) -> ServerSettings:
         """The settings of the next server start; writes `engines.json` for the workers when engines span nodes."""
@@ -69,7 +65,7 @@ class EngineHead:
         settings = replace(self.settings, data_parallel_address=host, data_parallel_rpc_port=free_port(bind))
         self.generation += 1
         self.out.mkdir(parents=True, exist_ok=True)
-        _write_json(self.out / ENGINES, {"generation": self.generation, "model": str(model),
+        atomic_write_json(self.out / ENGINES, {"generation": self.generation, "model": str(model),
                                          "tokenizer": None if tokenizer is None else str(tokenizer),
                                          "address": host, "rpc_port": settings.data_parallel_rpc_port})
         self._start_beating()
@@ -148,10 +144,10 @@ def run_engine_worker(out: Path, python: str | Path, settings: ServerSettings, r
                 log(f"task {rank}: engines {first}..{first + settings.data_parallel_local - 1} of "
                     f"{settings.data_parallel} started for generation {generation} (head {info['address']}:"
                     f"{info['rpc_port']}, model {info['model']})")
-            elif engines is not None and engines.poll() is not None and not reported:
+            elif engines is not None and (code := engines.poll()) is not None and not reported:
                 reported = True
-                log(f"task {rank}: this node's engines ended ({how_it_ended(engines.poll() or 0)}); waiting for "
-                    "task 0 to start the next generation")
+                log(f"task {rank}: this node's engines ended ({how_it_ended(code)}); waiting for task 0 to start "
+                    "the next generation")
             time.sleep(poll_s)
     finally:
         if engines is not None:
