@@ -301,7 +301,7 @@ def test_rev_path_outside_a_repository(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_rev_path_errors_name_the_revision(repo: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
     path, env = repo
-    _edit(path / "recipes" / "tiny-think.yaml", "n_kv_heads: 2 ", "n_kv_heads: 3 ")  # 4 heads are not a multiple of 3
+    _edit(path / "recipes" / "tiny-think.yaml", "n_kv_heads: 2 ", "n_kv_heads: 4 ")  # 6 heads are not a multiple of 4
     git(path, "commit", "-q", "-am", "broken", env=env)
     code, out, err = run_cli(capsys, "diff", "HEAD:recipes/tiny-variant.yaml", "HEAD~1:recipes/tiny-variant.yaml")
     assert code == 2 and err

@@ -170,9 +170,9 @@ def test_set_by_stage_index(tmp_path: Path) -> None:
 
 
 def test_set_model_int(tmp_path: Path) -> None:
-    plan = compile_ok(TINY, tmp_path / "out", "model.n_kv_heads=4")
+    plan = compile_ok(TINY, tmp_path / "out", "model.n_kv_heads=3")
     value = job(plan, "pretrain")["config"]["model"]["n_kv_heads"]
-    assert value == 4 and type(value) is int
+    assert value == 3 and type(value) is int
 
 
 def test_set_text_keeps_the_string(tmp_path: Path) -> None:
