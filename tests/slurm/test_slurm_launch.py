@@ -139,9 +139,13 @@ def test_tiny_recipe_trains_through_slurm(slurm_cluster: dict[str, str], tmp_pat
 
 def tiny_tree_with_model(tmp_path: Path, model_folder: str) -> Path:
     """tiny-think over a 2% toy world in `tmp_path` (its recipe file returned), and beside it `model_folder`: a
-    random-init model of the recipe's architecture with the toy tokenizer, as a Hugging Face folder."""
+    random-init model of the recipe's architecture with the toy tokenizer, as a Hugging Face folder. Its (tied)
+    embeddings are scaled down so that it samples almost uniformly over the vocabulary: left as initialised, the
+    d_model 192 model's replies were all whitespace, which distillation drops as empty."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
     from test_pipeline import tiny_tree
+
+    import torch
 
     from compiler.build import compile_recipe
     from runtime.hf_export import export_hf
@@ -151,7 +155,10 @@ def tiny_tree_with_model(tmp_path: Path, model_folder: str) -> Path:
     recipe = tiny_tree(tmp_path, 0.02)
     jobs = compile_recipe(str(recipe)).plan["jobs"]
     spec = ModelSpec.model_validate(next(j for j in jobs if j["kind"] == "sft")["config"]["model"])
-    folder = export_hf(build_model(spec, seed=0), spec, tmp_path / model_folder,
+    model = build_model(spec, seed=0)
+    with torch.no_grad():
+        model.tok_embeddings.weight.mul_(0.01)
+    folder = export_hf(model, spec, tmp_path / model_folder,
                        extra_config={"bos_token_id": 0, "eos_token_id": 1})
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (folder / name).write_bytes((tmp_path / "data" / "toy" / "tokenizer" / name).read_bytes())
