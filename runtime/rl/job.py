@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from runtime.toyworld.settings import EVAL_DOCS
 
 # The gain RL is judged by: all of the toy world's held-out arithmetic (500 questions, one standard error about 2
 # points); 32 questions (the other jobs' check) move 3 points per answer. The sidecar answers them in seconds.
-RL_EVAL_QUESTIONS = 500
+RL_EVAL_QUESTIONS = EVAL_DOCS
 
 
 def run_trainer(job: dict[str, Any]) -> None:

@@ -66,8 +66,8 @@ class EngineHead:
         self.generation += 1
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / ENGINES, {"generation": self.generation, "model": str(model),
-                                         "tokenizer": None if tokenizer is None else str(tokenizer),
-                                         "address": host, "rpc_port": settings.data_parallel_rpc_port})
+                                               "tokenizer": None if tokenizer is None else str(tokenizer),
+                                               "address": host, "rpc_port": settings.data_parallel_rpc_port})
         self._start_beating()
         return settings
 
