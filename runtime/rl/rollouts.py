@@ -15,6 +15,10 @@ on-policy); `1` generates the next batch while the trainer trains on this one. E
 policy versions sampled it; at `take(version)` a sample whose oldest version is below `version - max_staleness` is
 dropped and counted (the slots make that rare: a guard, e.g. after a restart from older weights).
 
+**In order.** The batches in flight share one sidecar; each draw's requests carry the draw's index as their priority
+(the server schedules by priority, lowest first), so the batch the trainer needs next is not slowed by the one
+generating ahead of it (the first batch of a run waited twice as long without this, at `max_staleness: 1`).
+
 **In-flight updates.** With `inflight_updates` a push pauses the sidecar with `keep` (requests freeze where they are),
 reloads the weights and resumes: a generation that was running continues on the new weights and its sample carries
 two version spans. Without, the push pauses with `wait` (running generations finish on the weights they started with).
@@ -257,7 +261,7 @@ class AsyncRollouts:
                 samples = self.handle.client.generate(prompts, n=s.group_size, temperature=s.temperature,
                                                       max_tokens=s.max_tokens, seed=seed,
                                                       stop_token_ids=list(s.stop_token_ids) or None,
-                                                      ignore_eos=s.ignore_eos)
+                                                      ignore_eos=s.ignore_eos, priority=draw + 1)
                 break
             except SidecarUnavailable as exc:
                 if self.stopping.is_set():

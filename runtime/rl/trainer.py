@@ -296,6 +296,17 @@ class Rows:
     adv: torch.Tensor  # (B,)
 
 
+def reference_compute_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 where the hardware computes it natively (CUDA; a CPU with AVX512-BF16 or AMX), else None (fp32).
+    The reference model only feeds the KL penalty, whose per-token estimate moves by ~1e-4 (mean) under bf16 matmuls;
+    on a 2-core AVX512-BF16 CPU its forward takes 0.28 s instead of 0.42 s per 128 tiny-recipe rollouts."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.bfloat16
+    return None
+
+
 def build_rows(samples: Sequence[tuple[Rollout, float] | None], pad_id: int) -> Rows:
     """None: a padding row (pad tokens, nothing masked in: it adds nothing to the loss)."""
     width = max((len(s[0].prompt) + len(s[0].sample.token_ids) - 1 for s in samples if s is not None), default=1)
@@ -388,6 +399,7 @@ class GRPOTrainer(RecipeTrainer):
                 raise ValueError("kl_coef > 0: the KL reference is the `from` model, and this job starts from none")
             self.reference = build_model(self.spec, device=self.device).eval().requires_grad_(False)
             self.reference.load_state_dict(self.hf_full_state(config.init_hf_path))
+        self.reference_dtype = reference_compute_dtype(self.device)
         self.rl_next_batch = 0
         self.loop: AsyncRollouts | None = None
         self.handle: Any = None
@@ -588,14 +600,18 @@ class GRPOTrainer(RecipeTrainer):
         return out
 
     @torch.no_grad()
-    def logprobs_of(self, model: torch.nn.Module, rows: Rows) -> torch.Tensor:
+    def logprobs_of(self, model: torch.nn.Module, rows: Rows, *, compute_dtype: torch.dtype | None = None
+                    ) -> torch.Tensor:
+        """Per-token log-probs of `rows` under `model`; `compute_dtype`: autocast its matmuls to that dtype."""
         temperature = float(self.grpo.get("temperature", 1.0))
         out = torch.zeros(rows.targets.shape, dtype=torch.float32)
         micro = self.config.training.local_batch_size
         for start in range(0, len(rows.inputs), micro):
             part = slice(start, start + micro)
             r = select(rows, part)
-            logits = forward_logits(model, r.inputs.to(self.device))
+            with torch.autocast(self.device.type, dtype=compute_dtype or torch.float32,
+                                enabled=compute_dtype is not None):
+                logits = forward_logits(model, r.inputs.to(self.device))
             out[part, :r.inputs.shape[1]] = token_logprobs(logits, r.targets.to(logits.device), temperature).cpu()
         return out
 
@@ -617,7 +633,8 @@ class GRPOTrainer(RecipeTrainer):
         old = self.logprobs_of(model, rows) if recompute and len(shards) > 1 else None
         fresh = torch.tensor([s is not None and s[0].min_version == s[0].sample.max_version == version
                               for s in mine], dtype=torch.bool)
-        ref = self.logprobs_of(self.reference, rows) if self.reference is not None else None
+        ref = (self.logprobs_of(self.reference, rows, compute_dtype=self.reference_dtype)
+               if self.reference is not None else None)
         temperature = float(self.grpo.get("temperature", 1.0))
         micro = self.config.training.local_batch_size
         first = 0

@@ -204,10 +204,14 @@ class RolloutClient:
 
     # ------------------------------------------------------------------ generation
 
-    def generate_one(self, prompt_index: int, prompt: Sequence[int], sampling: dict[str, Any]) -> list[Sample]:
+    def generate_one(self, prompt_index: int, prompt: Sequence[int], sampling: dict[str, Any], *,
+                     priority: int = 0) -> list[Sample]:
         if not prompt:
             raise ValueError(f"prompt {prompt_index} is empty")
-        body = {"token_ids": [int(t) for t in prompt], "sampling_params": sampling, "output_mode": "tokens"}
+        body: dict[str, Any] = {"token_ids": [int(t) for t in prompt], "sampling_params": sampling,
+                                "output_mode": "tokens"}
+        if priority:  # a server started without `--scheduling-policy priority` refuses any but 0
+            body["priority"] = int(priority)
         response = self.post("/inference/v1/generate", body, timeout=self.generate_timeout)
         if not isinstance(response, dict) or "choices" not in response:
             raise SidecarError(f"/inference/v1/generate: unexpected answer {str(response)[:200]}")
@@ -216,9 +220,11 @@ class RolloutClient:
 
     def generate(self, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 1.0, max_tokens: int,
                  top_p: float = 1.0, top_k: int = -1, seed: int | None = None,
-                 stop_token_ids: Sequence[int] | None = None, ignore_eos: bool = False) -> list[list[Sample]]:
+                 stop_token_ids: Sequence[int] | None = None, ignore_eos: bool = False,
+                 priority: int = 0) -> list[list[Sample]]:
         """Sample `n` completions of each prompt (token ids). Returns one list of n Samples per prompt, in order.
-        `seed` makes it reproducible (prompt i uses seed + i)."""
+        `seed` makes it reproducible (prompt i uses seed + i). `priority`: lower is scheduled first (the server
+        runs `--scheduling-policy priority`)."""
         if n < 1 or max_tokens < 1:
             raise ValueError(f"n and max_tokens must be at least 1 (got n={n}, max_tokens={max_tokens})")
         if temperature < 0:
@@ -237,7 +243,8 @@ class RolloutClient:
         if not prompts:
             return []
         with ThreadPoolExecutor(max_workers=min(len(prompts), self.max_concurrency)) as pool:
-            futures = [pool.submit(self.generate_one, i, p, sampling(i)) for i, p in enumerate(prompts)]
+            futures = [pool.submit(self.generate_one, i, p, sampling(i), priority=priority)
+                       for i, p in enumerate(prompts)]
             return [f.result() for f in futures]
 
 

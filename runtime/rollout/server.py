@@ -65,6 +65,9 @@ class ServerSettings:
     kv_cache_gib: int = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE
     seed: int = 0
     enforce_eager: bool = True
+    # `priority`: requests carry a priority (lower first; runtime.rl.rollouts gives each draw its index), so the
+    # batch the trainer needs next is not slowed by the ones generating ahead of it
+    scheduling_policy: str = "priority"
     start_timeout_s: float = 300.0
     weight_transfer: str | None = None  # "nccl": vLLM's weight-transfer engine (GPU; runtime/rollout/nccl.py)
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -91,7 +94,8 @@ class ServerSettings:
 def engine_flags(settings: ServerSettings, tokenizer: str | Path | None) -> list[str]:
     """The flags every process of one served model gets: the API server and headless engines alike."""
     flags = ["--max-model-len", str(settings.max_model_len), "--max-num-seqs", str(settings.max_num_seqs),
-             "--dtype", settings.dtype, "--logprobs-mode", settings.logprobs_mode, "--seed", str(settings.seed)]
+             "--dtype", settings.dtype, "--logprobs-mode", settings.logprobs_mode, "--seed", str(settings.seed),
+             "--scheduling-policy", settings.scheduling_policy]
     if tokenizer is not None:
         flags += ["--tokenizer", str(tokenizer)]
     if settings.enforce_eager:

@@ -34,7 +34,8 @@ from runtime.model_factory import build_model
 from runtime.outputs import read_done, read_metrics
 from runtime.rl.loss import clipped_surrogate, correction, group_advantages, grpo_token_loss, kl_k3, token_logprobs
 from runtime.rl.rollouts import AsyncRollouts, LoopSettings, Rollout, has_reward_variance
-from runtime.rl.trainer import RLStats, build_rows, by_length, prompt_tokens_of, select, shard_for_rank
+from runtime.rl.trainer import (RLStats, build_rows, by_length, prompt_tokens_of, reference_compute_dtype, select,
+                                shard_for_rank)
 from runtime.rollout.client import Sample, VersionSpan
 from runtime.rollout.control import SidecarHandle
 from runtime.rollout.weights import FilesystemWeightSync
@@ -122,6 +123,30 @@ def test_k3_kl_estimator() -> None:
     p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.4, 0.4, 0.2])
     exact = float((p * (p / q).log()).sum())
     assert abs(float((p * kl_k3(p.log(), q.log())).sum()) - exact) < 1e-6
+
+
+def test_the_kl_reference_computes_in_bf16_only_where_the_hardware_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert reference_compute_dtype(torch.device("cuda")) is torch.bfloat16
+    for avx512_bf16, amx, expected in ((True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                       (False, False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert reference_compute_dtype(torch.device("cpu")) is expected
+
+
+def test_bf16_reference_logprobs_leave_the_kl_penalty_all_but_unchanged() -> None:
+    spec = compile_recipe(str(ROOT / "recipes" / "tiny-think.yaml")).recipe.model
+    model = build_model(spec, device="cpu", seed=0).eval()
+    tokens = torch.randint(0, spec.vocab_size, (8, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = token_logprobs(model(tokens), tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rough = token_logprobs(model(tokens), tokens)
+    assert rough.dtype == torch.float32
+    diff = (rough - exact).abs()
+    assert float(diff.mean()) < 1e-3 and float(diff.max()) < 5e-2
+    # the penalty of a policy equal to the reference: 0 exactly in fp32; under bf16 below 1e-4 nats per token
+    assert float(kl_k3(exact, exact).mean()) == 0.0 and float(kl_k3(exact, rough).mean()) < 1e-4
 
 
 def test_rows_align_sidecar_logprobs_with_the_predicting_positions() -> None:

@@ -79,6 +79,7 @@ def test_server_command_uses_the_module_entry_dev_routes_and_processed_logprobs(
     assert command[:3] == ["/env/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     assert {"--enable-scale-out", "--enforce-eager"} <= set(command)
     assert command[command.index("--logprobs-mode") + 1] == "processed_logprobs"
+    assert command[command.index("--scheduling-policy") + 1] == "priority"
     assert "--tensor-parallel-size" not in command
     gpu = server_command("p", "/m", "0.0.0.0", 1, ServerSettings(256, 8, device="cuda", tensor_parallel=2,
                                                                      enforce_eager=False, weight_transfer="nccl"))
@@ -304,7 +305,9 @@ def test_generate_agrees_with_the_trainers_forward_pass(world: dict[str, Any]) -
     print(f"\nlogprob gap trainer vs sidecar: {gap:.2e} (T=1), {gap_t:.2e} (T=0.7); "
           f"{tokens / seconds:.0f} tokens/s", file=sys.stderr)
     assert gap < LOGPROB_TOL and gap_t < LOGPROB_TOL
-    again = client.generate(PROMPTS, n=4, temperature=1.0, max_tokens=24, seed=7, ignore_eos=True)
+    # a priority (the RL loop gives each draw its index) only orders the server's queue: the same seeded samples;
+    # a server without `--scheduling-policy priority` refuses it
+    again = client.generate(PROMPTS, n=4, temperature=1.0, max_tokens=24, seed=7, ignore_eos=True, priority=3)
     assert [[s.token_ids for s in g] for g in again] == [[s.token_ids for s in g] for g in groups]
 
 
