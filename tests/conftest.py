@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pytest
 from hypothesis import settings
@@ -232,3 +232,25 @@ def wait_for_tokens(url: str, at_least: float, timeout: float = 120.0) -> float:
     while (seen := generated_tokens(url)) < at_least and time.time() < deadline:
         time.sleep(0.005)
     return seen
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def random_init_hf_model(spec: Any, folder: Path, tokenizer_dir: Path, *, embedding_scale: float = 1.0) -> Any:
+    """A random-init model of `spec` (seed 0) saved as a Hugging Face folder with the tokenizer of `tokenizer_dir`,
+    as vLLM loads it; returns the model. `embedding_scale` < 1 shrinks the (tied) embeddings so that it samples
+    almost uniformly over the vocabulary (left as initialised, a d_model 192 model's replies are all whitespace)."""
+    import torch
+
+    from runtime.hf_export import export_hf
+    from runtime.model_factory import build_model
+
+    model = build_model(spec, seed=0).eval()
+    if embedding_scale != 1.0:
+        with torch.no_grad():
+            model.tok_embeddings.weight.mul_(embedding_scale)
+    export_hf(model, spec, folder, extra_config={"bos_token_id": 0, "eos_token_id": 1})
+    for name in TOKENIZER_FILES:
+        (folder / name).write_bytes((tokenizer_dir / name).read_bytes())
+    return model

@@ -27,9 +27,9 @@ import pytest
 import torch
 
 from compiler.build import compile_recipe
-from conftest import generated_tokens, stop_sidecar_job, wait_for_tokens
+from conftest import generated_tokens, random_init_hf_model, stop_sidecar_job, wait_for_tokens
 from runtime import environments
-from runtime.hf_export import export_hf, hf_state_dict
+from runtime.hf_export import hf_state_dict
 from runtime.model_factory import build_model
 from runtime.outputs import read_done, read_metrics
 from runtime.rl.loss import clipped_surrogate, correction, group_advantages, grpo_token_loss, kl_k3, token_logprobs
@@ -233,11 +233,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     jobs = {j["id"]: j for j in plan["jobs"]}
     sidecar_job, trainer_job = jobs["rlvr-rollout"], jobs["rlvr"]
     spec = ModelSpec.model_validate(sidecar_job["config"]["model"])
-    model = build_model(spec, seed=0).eval()
     dpo = root / "dpo"
-    export_hf(model, spec, dpo / "hf", extra_config={"bos_token_id": 0, "eos_token_id": 1})
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (dpo / "hf" / name).write_bytes((toy / "tokenizer" / name).read_bytes())
+    model = random_init_hf_model(spec, dpo / "hf", toy / "tokenizer")
     sidecar_dir, trainer_dir = root / "rlvr-rollout", root / "rlvr"
     sidecar_dir.mkdir()
     trainer_dir.mkdir()

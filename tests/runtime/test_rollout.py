@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from compiler.build import compile_recipe
-from conftest import generated_tokens, stop_sidecar_job, wait_for_tokens
+from conftest import generated_tokens, random_init_hf_model, stop_sidecar_job, wait_for_tokens
 from runtime import environments
 from runtime.hf_export import export_hf, hf_state_dict
 from runtime.model_factory import build_model
@@ -223,10 +223,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     text.write_text("\n".join(f"What is {a} plus {b}? The answer is {a + b}." for a in range(80) for b in range(12)))
     tokenizer = train_tokenizer([text], root / "tokenizer", vocab_size=spec.vocab_size)
     dpo = root / "dpo"
-    model = build_model(spec, seed=0).eval()
-    export_hf(model, spec, dpo / "hf", extra_config={"bos_token_id": 0, "eos_token_id": 1})
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (dpo / "hf" / name).write_bytes((tokenizer / name).read_bytes())
+    model = random_init_hf_model(spec, dpo / "hf", tokenizer)
     sidecar_dir, trainer_dir = root / "rlvr-rollout", root / "rlvr"
     sidecar_dir.mkdir()
     trainer_dir.mkdir()

@@ -145,23 +145,14 @@ def tiny_tree_with_model(tmp_path: Path, model_folder: str) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
     from test_pipeline import tiny_tree
 
-    import torch
-
     from compiler.build import compile_recipe
-    from runtime.hf_export import export_hf
-    from runtime.model_factory import build_model
+    from conftest import random_init_hf_model
     from spec.model import ModelSpec
 
     recipe = tiny_tree(tmp_path, 0.02)
     jobs = compile_recipe(str(recipe)).plan["jobs"]
     spec = ModelSpec.model_validate(next(j for j in jobs if j["kind"] == "sft")["config"]["model"])
-    model = build_model(spec, seed=0)
-    with torch.no_grad():
-        model.tok_embeddings.weight.mul_(0.01)
-    folder = export_hf(model, spec, tmp_path / model_folder,
-                       extra_config={"bos_token_id": 0, "eos_token_id": 1})
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (folder / name).write_bytes((tmp_path / "data" / "toy" / "tokenizer" / name).read_bytes())
+    random_init_hf_model(spec, tmp_path / model_folder, tmp_path / "data" / "toy" / "tokenizer", embedding_scale=0.01)
     return recipe
 
 
