@@ -15,9 +15,10 @@ on-policy); `1` generates the next batch while the trainer trains on this one. E
 policy versions sampled it; at `take(version)` a sample whose oldest version is below `version - max_staleness` is
 dropped and counted (the slots make that rare: a guard, e.g. after a restart from older weights).
 
-**In order.** The batches in flight share one sidecar; each draw's requests carry the draw's index as their priority
-(the server schedules by priority, lowest first), so the batch the trainer needs next is not slowed by the one
-generating ahead of it (the first batch of a run waited twice as long without this, at `max_staleness: 1`).
+**In order.** The batches in flight share one sidecar; each draw's requests carry priority `draw + 1` (the server
+schedules by priority, lowest first; other requests, such as the held-out eval's, keep 0 and go first), so the batch
+the trainer needs next is not slowed by the one generating ahead of it (the first batch of a run waited twice as
+long without this, at `max_staleness: 1`).
 
 **In-flight updates.** With `inflight_updates` a push pauses the sidecar with `keep` (requests freeze where they are),
 reloads the weights and resumes: a generation that was running continues on the new weights and its sample carries
