@@ -234,9 +234,6 @@ def wait_for_tokens(url: str, at_least: float, timeout: float = 120.0) -> float:
     return seen
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
 def random_init_hf_model(spec: Any, folder: Path, tokenizer_dir: Path, *, embedding_scale: float = 1.0) -> Any:
     """A random-init model of `spec` (seed 0) saved as a Hugging Face folder with the tokenizer of `tokenizer_dir`,
     as vLLM loads it; returns the model. `embedding_scale` < 1 shrinks the (tied) embeddings so that it samples
@@ -245,6 +242,7 @@ def random_init_hf_model(spec: Any, folder: Path, tokenizer_dir: Path, *, embedd
 
     from runtime.hf_export import export_hf
     from runtime.model_factory import build_model
+    from runtime.train import TOKENIZER_FILES
 
     model = build_model(spec, seed=0).eval()
     if embedding_scale != 1.0:

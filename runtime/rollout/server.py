@@ -65,8 +65,8 @@ class ServerSettings:
     kv_cache_gib: int = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE
     seed: int = 0
     enforce_eager: bool = True
-    # `priority`: requests carry a priority (lower first; runtime.rl.rollouts gives each draw its index), so the
-    # batch the trainer needs next is not slowed by the ones generating ahead of it
+    # `priority`: requests carry a priority (lower first; runtime.rl.rollouts gives each draw its index plus one), so
+    # the batch the trainer needs next is not slowed by the ones generating ahead of it
     scheduling_policy: str = "priority"
     start_timeout_s: float = 300.0
     weight_transfer: str | None = None  # "nccl": vLLM's weight-transfer engine (GPU; runtime/rollout/nccl.py)
