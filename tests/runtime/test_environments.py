@@ -37,7 +37,9 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Environme
         """The real venv without pip (0.1 s instead of 5), then each pip step as a stand-in that fails like pip."""
         venv, *steps = real(name)
         fails = "no-such-package" in " ".join(a for step in steps for a in step)
-        stand_in = f"import sys; print('pip step'); sys.exit({1 if fails else 0})"
+        stand_in = ("import sys; print('pip step'); "
+                    + ("print('ERROR: No matching distribution found for no-such-package-recipe-test'); sys.exit(1)"
+                       if fails else "sys.exit(0)"))
         return [[*venv, "--without-pip"], *[[sys.executable, "-c", stand_in] for _ in steps]]
 
     monkeypatch.setattr(environments, "build_commands", quick)
@@ -105,8 +107,19 @@ def test_a_failed_build_is_one_line_naming_its_log(fake: dict[str, Environment])
     log = environments.env_dir("broken") / "build.log"
     assert "\n" not in message and str(log) in message
     assert message.startswith("building the broken environment failed at `pip install --no-index")
+    assert "(exit 1): ERROR: No matching distribution found for no-such-package-recipe-test; see " in message
     assert "pip step" in log.read_text()
     assert not environments.is_built("broken")
+
+
+def test_a_build_the_disk_cannot_hold_is_refused_before_pip_runs(fake: dict[str, Environment]) -> None:
+    fake["huge"] = Environment("huge", (("--version",),), "pip only", "seconds", "cpu", disk_gb=1e9)
+    with pytest.raises(EnvironmentBuildError) as info:
+        environments.ensure("huge", log=lambda line: None)
+    message = str(info.value)
+    assert message.startswith("building the huge environment needs about 1000000000 GB free in ")
+    assert "\n" not in message and message.endswith("GB is free")
+    assert not (environments.env_dir("huge") / "bin").exists() and not environments.is_built("huge")
 
 
 class _Job:
