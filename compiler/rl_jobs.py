@@ -4,6 +4,8 @@ Timing model per RL step: the trainer's update (forward+backward, plus a log-pro
 reference pass when asked) and the sidecar's generation (decode-bound, see estimates) run one
 after the other when `max_staleness` is 0 and overlap when it is 1 or more. With active sampling a step
 draws one to `max_sampling_rounds` batches of prompts: the estimate counts one (`generate_max` all of them).
+A `prompt_filter` samples every prompt before step 1; the prompt count is data the compiler does not read, so its
+cost is given per thousand prompts.
 """
 from __future__ import annotations
 
@@ -110,7 +112,8 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
     for suffix, reward in variants:
         trainer_id, rollout_id = f"{stage.name}{suffix}", f"{stage.name}{suffix}-rollout"
         rl = {
-            "grpo": dump(stage.grpo), "async": dump(stage.async_), "rewards": [dump(w) for w in stage.rewards],
+            # a recipe without a prompt filter keeps the job hashes it had before the field existed (cached runs)
+            "grpo": dump(stage.grpo, exclude=set() if stage.grpo.prompt_filter else {"prompt_filter"}), "async": dump(stage.async_), "rewards": [dump(w) for w in stage.rewards],
             "reward_mode": reward, "rollouts_per_step": rollouts, "mini_batches_per_step": mini_batches,
             "rollout_job": rollout_id, "weight_sync": r.weight_sync, "sidecar_tensor_parallel": r.tensor_parallel,
         }
@@ -120,6 +123,9 @@ def build_rl_jobs(ctx: PlanContext, stage: RlvrStage, index: int, model: ModelSp
                "rollouts_per_step": rollouts}
         if stage.grpo.active_sampling:  # each extra draw is another generation of the same size
             est["step_seconds"]["generate_max"] = round(gen_s * stage.grpo.max_sampling_rounds, 3)
+        if stage.grpo.prompt_filter is not None:  # one pass over the prompts before step 1 (their count is data)
+            samples = stage.grpo.prompt_filter.samples_per_prompt
+            est["prompt_filter_seconds_per_1k_prompts"] = round(gen_s * 1000 * samples / rollouts, 3)
         ctx.add(Job(
             id=trainer_id, stage=stage.name, kind="rlvr_trainer", entry=JOB_ENTRIES["rlvr_trainer"], config=config,
             resources=resources(ctx, scale.nodes, scale.gpus_per_node, scale.processes, wall_h, stage.resources.time_limit,

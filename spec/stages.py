@@ -84,6 +84,17 @@ class DpoStage(StageBase):
         return self
 
 
+class PromptFilter(Spec):
+    """Offline difficulty filter of the RL prompts (Olmo 3): before the first step the starting model samples every
+    prompt; prompts it always or never solves are left out."""
+
+    samples_per_prompt: Annotated[int, Field(ge=2)] = Field(
+        8,
+        description="Samples of each prompt, at the rollout temperature and response budget. A prompt whose samples "
+        "all get the same reward is left out: as a GRPO group it would carry no gradient.",
+    )
+
+
 class Grpo(Spec):
     """GRPO: group-normalised advantages with PPO-style clipping."""
 
@@ -115,6 +126,12 @@ class Grpo(Spec):
         8,
         description="Active sampling: draws of prompts_per_step prompts per step at most; a step that finds fewer "
         "groups with reward variance trains on those it found.",
+    )
+    prompt_filter: PromptFilter | None = Field(
+        None,
+        description="Sample every prompt with the starting model before the first step and train only on those it "
+        "solves sometimes (saved in the job's output folder; a resumed job reuses it). Cuts the draws active "
+        "sampling makes per step when most groups are all right or all wrong.",
     )
 
 

@@ -99,4 +99,6 @@ def rl_summary(trainer: Any) -> dict[str, Any]:
             seconds=sum(m["time_step_s"] for m in log))
     if loop is not None:
         summary.update(sidecar_restarts=loop.restarts, **trainer.loop_times)
+    if trainer.prompt_filter is not None:
+        summary["prompt_filter"] = trainer.prompt_filter
     return summary

@@ -124,6 +124,16 @@ class PromptSet(IterableDataset, Stateful):
             self._orders[epoch] = order
         return self._orders[epoch]
 
+    def items(self) -> list[tuple[list[int], Mapping[str, Any]]]:
+        return list(zip(self.tokens, self.rows))
+
+    def restrict(self, indices: Sequence[int]) -> None:
+        """Keep only these prompts (the difficulty filter's); the shuffled orders are over what is kept."""
+        if not indices:
+            raise ValueError("RL prompts: the filter kept none")
+        self.rows, self.tokens = [self.rows[i] for i in indices], [self.tokens[i] for i in indices]
+        self._orders.clear()
+
     def batch(self, index: int, size: int) -> list[tuple[list[int], Mapping[str, Any]]]:
         out = []
         for position in range(index * size, (index + 1) * size):
@@ -407,6 +417,7 @@ class GRPOTrainer(RecipeTrainer):
         self.loop_times: dict[str, float] = {}
         self.step_log: list[dict[str, Any]] = []
         self.arith_before: dict[str, Any] | None = None  # measured by the sidecar (`held_out_by_sidecar`)
+        self.prompt_filter: dict[str, Any] | None = None  # the difficulty filter's figures, when the stage has one
         self.arith_after: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ state
@@ -506,6 +517,8 @@ class GRPOTrainer(RecipeTrainer):
             prompts_per_step = int(self.grpo["prompts_per_step"])
             if self.config.eval_rows:
                 before = self.held_out_before(version)
+            if self.grpo.get("prompt_filter"):
+                self.filter_prompts(settings, version)
             self.loop = AsyncRollouts(self.handle, sync, settings,
                                       prompts=lambda k: self.dataset.batch(k, prompts_per_step),
                                       score=self.score, decode=self.decode, start_batch=self.rl_next_batch,
@@ -514,6 +527,43 @@ class GRPOTrainer(RecipeTrainer):
                         f"{self.rl_next_batch}, max staleness {settings.max_staleness}, {self.world} trainer "
                         f"process(es)")
         self.arith_before = from_leader(before)
+
+    def filter_prompts(self, settings: LoopSettings, version: int) -> None:
+        """Keep the prompts the starting model solves sometimes (runtime/rl/prompt_filter.py); done once, before the
+        first step, and reused from the output folder by a resumed job. Rank 0 samples while the other ranks wait
+        at the next collective: on a large prompt set that wait must fit the process group's timeout."""
+        from torchtitan.tools.logging import logger
+
+        from runtime.rewards import Rewards
+        from runtime.rl.prompt_filter import FILTER_FILE, filter_prompts, load_or_filter
+
+        samples = int(self.grpo["prompt_filter"].get("samples_per_prompt", 8))
+        verifiers = Rewards(self.config.rl["rewards"])  # the random-reward control filters on the real rewards too
+        items = self.dataset.items()
+
+        def generate(prompts: Sequence[list[int]], chunk: int) -> list[list[list[int]]]:
+            out = self.handle.client.generate(prompts, n=samples, temperature=settings.temperature,
+                                              max_tokens=settings.max_tokens, seed=10_000 * (chunk + 1),
+                                              stop_token_ids=list(settings.stop_token_ids))
+            return [[sample.token_ids for sample in group] for group in out]
+
+        def score(responses: Sequence[list[int]], rows: Sequence[Mapping[str, Any]]) -> list[float]:
+            return [total for total, _ in verifiers.score_batch([self.decode(t) for t in responses], rows)]
+
+        if version > 0 and not (Path(self.config.dump_folder) / FILTER_FILE).is_file():
+            logger.warning("difficulty filter: no saved result from the job's first start; filtering with the "
+                           f"weights of version {version}")
+        result = load_or_filter(Path(self.config.dump_folder), len(items), samples,
+                                lambda: filter_prompts(generate, score, items, samples=samples, log=logger.info))
+        self.prompt_filter = result.summary()
+        logger.info(f"difficulty filter: kept {len(result.kept)} of {result.prompts} prompts ({result.always_solved} "
+                    f"always solved, {result.never_solved} never, in {samples} samples each; mean reward "
+                    f"{result.mean_reward:.3f}; {result.seconds:.0f} s)")
+        if result.kept:
+            self.dataset.restrict(result.kept)
+        else:
+            logger.warning("difficulty filter: the starting model's samples of every prompt got equal rewards; "
+                           "training on all of them, as without the filter")
 
     def stop_rollouts(self, reason: str = "training finished") -> None:
         if self.loop is not None:

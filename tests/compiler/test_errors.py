@@ -379,6 +379,27 @@ def test_sampling_rounds_without_active_sampling_is_a_located_warning(tmp_path: 
                         "stages[3].grpo.max_sampling_rounds: has no effect without active_sampling: true"]
 
 
+def test_a_prompt_filter_of_one_sample_per_prompt_is_located(tmp_path: Path) -> None:
+    """One sample cannot show reward variance: the filter needs two at least."""
+    text = edit(FULL, "max_response_tokens: 64}", "max_response_tokens: 64, prompt_filter: {samples_per_prompt: 1}}")
+    message = expect_one(tmp_path, text, "samples_per_prompt: 1", "stages[3].grpo.prompt_filter.samples_per_prompt",
+                         value="1")
+    assert message == "must be >= 2 (got 1)"
+
+
+def test_a_prompt_filter_gets_a_cost_per_thousand_prompts(tmp_path: Path) -> None:
+    text = edit(FULL, "max_response_tokens: 64}", "max_response_tokens: 64, prompt_filter: {samples_per_prompt: 8}}")
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    result = run_main(["compile", path, "-o", tmp_path / "out"])
+    assert result.code == 0, result.err
+    jobs = compiled_jobs(tmp_path / "out")
+    est = jobs["rl"]["estimates"]
+    rollouts, generate = est["rollouts_per_step"], est["step_seconds"]["generate"]
+    assert est["prompt_filter_seconds_per_1k_prompts"] == pytest.approx(generate * 1000 * 8 / rollouts, rel=0.01)  # generate is rounded
+    assert jobs["rl"]["config"]["rl"]["grpo"]["prompt_filter"] == {"samples_per_prompt": 8}
+
+
 def test_fixed_data_mix_weights_must_sum_to_one(tmp_path: Path) -> None:
     text = edit(MINIMAL, "weights: {text: 1.0}", "weights: {text: 0.7}")
     message = expect_one(tmp_path, text, "{text: 0.7}", "data.mix.weights")

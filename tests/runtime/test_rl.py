@@ -531,11 +531,20 @@ def test_active_sampling_that_finds_no_signal_trains_on_nothing_and_goes_on(worl
     assert world["proc"].poll() is None
 
 
+# The difficulty filter samples every prompt twice through the sidecar first. The random-init model solves none,
+# so it keeps none, and the job trains on every prompt (the filter's selection itself: test_prompt_filter.py).
+FILTERED = {"prompt_filter": {"samples_per_prompt": 2}}
+
+
 def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> None:
     # Not the sidecar's peer folder: the sidecar watches that one for the trainer's end, and the next test needs it up.
     out = world["root"] / "rlvr-first"
-    result = run_rl_job(world, out)
+    result = run_rl_job(world, out, grpo_settings=FILTERED)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    rl_prompts = len((world["toy"] / "rl" / "train.jsonl").read_text().splitlines())
+    saved = json.loads((out / "prompt-filter.json").read_text())
+    assert (saved["prompts"], saved["samples_per_prompt"], saved["kept"]) == (rl_prompts, 2, [])
+    assert saved["never_solved"] == rl_prompts and "training on all of them" in result.stdout + result.stderr
     steps = rl_steps(out)
     assert [m["step"] for m in steps] == [1, 2, 3] and [m["batch"] for m in steps] == [0, 1, 2]
     for key in ("loss", "reward_std", "reward/math", "reward/format", "response_len_max", "rho_mean", "rho_max",
@@ -548,7 +557,7 @@ def test_a_short_rl_job_writes_metrics_hf_and_done(world: dict[str, Any]) -> Non
     ev = done["eval"]
     assert {"arith_exact_match", "arith_exact_match_before", "arith_gain", "rl"} <= set(ev)
     assert ev["arith_exact_match"]["n"] == ev["arith_exact_match_before"]["n"] > 0
-    assert ev["rl"]["steps_run"] == 3
+    assert ev["rl"]["steps_run"] == 3 and ev["rl"]["prompt_filter"]["kept_prompts"] == 0
     assert (out / "checkpoint" / "step-2").is_dir()
     assert world["proc"].poll() is None  # the sidecar serves on
 
@@ -563,9 +572,12 @@ def test_a_resumed_rl_job_goes_on_from_its_checkpoint_and_stops_the_sidecar(worl
     shutil.rmtree(out)
     shutil.copytree(first, out, ignore=lambda folder, names: [n for n in names if n in (
         "DONE.json", "hf", "metrics.jsonl", "rollout-weights", "rollout.stop", "step-3")])
-    result = run_rl_job(world, out)
+    result = run_rl_job(world, out, grpo_settings=FILTERED)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "batches from 2" in result.stdout + result.stderr and "serving version 2" in result.stdout + result.stderr
+    # the first start's filter result is reused, not sampled again with the restored weights
+    assert "difficulty filter: no saved result" not in result.stdout + result.stderr
+    assert read_done(out)["eval"]["rl"]["prompt_filter"] == read_done(first)["eval"]["rl"]["prompt_filter"]
     resumed = rl_steps(out)
     assert [m["step"] for m in resumed] == [3] and resumed[0]["batch"] == 2
     done, first_done = read_done(out), read_done(first)
