@@ -19,20 +19,22 @@ filters with the real verifiers too, so that both runs train on the same prompt 
     result = filter_prompts(generate, score, prompts, samples=8)   # prompts: [(tokens, row)]
     kept = load_or_filter(folder, len(prompts), samples, lambda: filter_prompts(...))
 
-Standard library only. Test: `python -m pytest tests/runtime/test_rl.py -q -k filter`.
+Standard library only. Test: `python -m pytest tests/runtime/test_prompt_filter.py -q` (the trainer's use of it
+against the real sidecar: `tests/runtime/test_rl.py -k "short_rl_job or resumed"`).
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from runtime.outputs import atomic_write_json
+from runtime.rl.rollouts import ZERO_SPREAD
+
 FILTER_FILE = "prompt-filter.json"
 CHUNK_PROMPTS = 64  # prompts per generate call: large enough to keep vLLM's batch full, small enough to log progress
-ZERO_SPREAD = 1e-8  # as runtime.rl.rollouts: rewards this close count as equal
 
 GenerateFn = Callable[[Sequence[list[int]], int], list[list[list[int]]]]  # (prompts, chunk index) -> token ids
 ScoreFn = Callable[[Sequence[list[int]], Sequence[Mapping[str, Any]]], list[float]]  # (responses, rows) -> rewards
@@ -99,8 +101,5 @@ def load_or_filter(folder: Path, prompts: int, samples: int, run: Callable[[], F
         if saved.get("prompts") == prompts and saved.get("samples_per_prompt") == samples:
             return FilterResult(**saved)
     result = run()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(asdict(result)) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, asdict(result))
     return result
