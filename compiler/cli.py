@@ -178,18 +178,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(compile_summary(plan, target))
         plan_path = target / "plan.json"
     from runtime.launch import LaunchError, launch
+    from runtime.launch.interrupt import Interrupted, cause, stop_on_signals
 
     try:
-        return launch(plan_path, executor=args.executor, runs=args.runs, force=args.force, only=args.only,
-                      dry_run=args.dry_run, skip_unimplemented=args.skip_unimplemented,
-                      allow_dirty=args.allow_dirty)
+        with stop_on_signals():
+            return launch(plan_path, executor=args.executor, runs=args.runs, force=args.force, only=args.only,
+                          dry_run=args.dry_run, skip_unimplemented=args.skip_unimplemented,
+                          allow_dirty=args.allow_dirty)
     except LaunchError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("recipe launch: interrupted (state.json and report.json say where each job stands)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        print(f"recipe launch: interrupted by {cause(exc)} (state.json and report.json say where each job stands)",
+              file=sys.stderr)
+        return exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from runtime.cpu_cores import available_cores
+from runtime.launch.interrupt import cause
 from runtime.launch.prepare import (REPO, LaunchPlan, ensure_done, git_provenance, group_cpu_env, job_env,
                                    write_job_folder)
 from runtime.launch.state import RunState
@@ -205,7 +206,8 @@ class LocalLauncher:
         return started
 
     def run(self) -> bool:
-        """Run everything; True when no job failed or was cancelled. Ctrl-C stops the jobs in flight."""
+        """Run everything; True when no job failed or was cancelled. Ctrl-C, SIGTERM or SIGHUP (under the CLI's
+        stop_on_signals) stops the jobs in flight."""
         units = self._units()
         for job in self.launch.to_run():  # a cancel of an earlier launch does not stop this one
             (self.launch.output_dir(job.id) / CANCELLED_MARKER).unlink(missing_ok=True)
@@ -222,10 +224,10 @@ class LocalLauncher:
                     break
                 self.on_change()
                 time.sleep(POLL_S)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             for job_id, running in list(self.running.items()):
                 running.kill()
-                self._set(job_id, "failed", "interrupted (Ctrl-C)")
+                self._set(job_id, "failed", f"interrupted ({cause(exc)})")
             self.running.clear()
             for job_id, job_state in self.state.jobs.items():
                 if job_state.state == "pending":

@@ -338,22 +338,49 @@ def test_slurm_dry_run_of_a_1000_node_plan_submits_arrays_not_thousands_of_jobs(
     assert not (tmp_path / "runs").exists()
 
 
-def test_ctrl_c_stops_a_local_launch_without_a_traceback(compiled: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signame, exit_code, cause", [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM"),
+                                                       ("SIGHUP", 129, "SIGHUP")])
+def test_a_signal_stops_a_local_launch_and_its_jobs_without_a_traceback(compiled: Path, tmp_path: Path, signame: str,
+                                                                       exit_code: int, cause: str) -> None:
+    """Ctrl-C, `kill` and a closed terminal all stop the jobs in flight; SIGTERM and SIGHUP used to end the
+    launcher alone and leave its jobs running, orphaned."""
     import signal
 
     proc = start_launch(write_plan(compiled, "interrupt", {"pretrain": "launch_entries:slow"}), tmp_path,
                         stderr_apart=True)
     try:
-        wait_until_running(proc, tmp_path, "pretrain")
-        proc.send_signal(signal.SIGINT)
+        wait_until_running(proc, tmp_path, "pretrain", marker="started")
+        task_group = int((Path(state(tmp_path)["pretrain"]["output_dir"]) / ".pgid.0").read_text())
+        proc.send_signal(getattr(signal, signame))
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in out + err, err
-    assert "recipe launch: interrupted" in err
+    assert proc.returncode == exit_code and "Traceback" not in out + err, err
+    assert f"recipe launch: interrupted by {cause}" in err
     jobs = state(tmp_path)
-    assert jobs["pretrain"]["state"] == "failed" and "interrupted" in jobs["pretrain"]["reason"]
+    assert jobs["pretrain"]["state"] == "failed" and jobs["pretrain"]["reason"] == f"interrupted ({cause})"
     assert jobs["midtrain"]["state"] == "cancelled"
+    assert live_members(task_group) == [], "the job's processes outlived the launch"
+
+
+def live_members(group: int, wait_s: float = 10.0) -> list[int]:
+    """The processes of a process group that are neither gone nor zombies (an orphan killed with SIGKILL stays a
+    zombie until init reaps it, which a container's init may never do), after waiting up to wait_s."""
+    import time
+
+    deadline = time.time() + wait_s
+    while True:
+        live = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                live.append(int(stat.parent.name))
+        if not live or time.time() > deadline:
+            return live
+        time.sleep(0.1)
 
 
 def test_a_task_stopped_before_it_wrote_its_process_group_is_still_killed(tmp_path: Path) -> None:
