@@ -9,7 +9,8 @@ on a CPU), plus the post-training sets and a held-out arithmetic eval:
                                                 a call whose printed value is given in a comment
     <out>/text/{train,validation}.jsonl         {"text"}: simple templated English paragraphs
     <out>/sft/{train,validation}.jsonl          {"messages": [user question, assistant solution]}
-    <out>/prompts/{train,validation}.jsonl      {"prompt", "answer"}: DPO delta-pair prompts
+    <out>/prompts/{train,validation}.jsonl      {"prompt", "answer"}: prompts the teacher answers for the
+                                                student's SFT (distillation)
     <out>/rl/{train,validation}.jsonl           {"prompt", "answer"}: verifiable arithmetic (RLVR)
     <out>/pairs/{train,validation}.jsonl        {"prompt", "chosen", "rejected", "answer"}: preference
                                                 pairs (chosen: the worked solution; rejected: a weak
