@@ -48,7 +48,7 @@ def test_generation_jobs_feed_their_stages(tmp_path: Path) -> None:
     assert distill["config"]["serve"] == {"gpus": 0, "max_model_len": 256, "environment": "inference-cpu"}
     # generated data is decontaminated by the job that makes it, with the recipe's settings
     assert distill["config"]["decontamination"]["eval_sets"]["toy_arith"]["text_field"] == "question"
-    assert distill["estimates"]["sequences"] == 2000 * 4
+    assert distill["estimates"]["sequences"] == 8000 * 4
 
 
 def test_decontaminate_runs_first_and_every_static_dataset_is_checked_once(tmp_path: Path) -> None:
