@@ -26,10 +26,9 @@ class Interrupted(KeyboardInterrupt):
 
 
 def cause(exc: KeyboardInterrupt) -> str:
-    """What stopped the launch, in words for state.json: 'Ctrl-C', 'SIGTERM' or 'SIGHUP'."""
-    if isinstance(exc, Interrupted) and exc.signum != signal.SIGINT:
-        return signal.Signals(exc.signum).name
-    return "Ctrl-C"
+    """What stopped the launch, in words for state.json: 'Ctrl-C' (Python's own KeyboardInterrupt), else the name of
+    the signal that raised Interrupted."""
+    return signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "Ctrl-C"
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
